@@ -71,11 +71,17 @@ class Layer:
     subgraphs: dict[str, LayerGraph] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)  # e.g. "custom-domain"
 
-    def _all_weights(self) -> Iterator[Weight]:
-        yield from self.weights
+    def _all_weights(self, _seen: set[str] | None = None) -> Iterator[Weight]:
+        """This layer's weights and its subgraphs', each name once (a weight read by several
+        layers of an If/Loop body is counted once in the control-flow layer)."""
+        seen = set() if _seen is None else _seen
+        for w in self.weights:
+            if w.name not in seen:
+                seen.add(w.name)
+                yield w
         for sub in self.subgraphs.values():
             for layer in sub.layers:
-                yield from layer._all_weights()
+                yield from layer._all_weights(seen)
 
     @property
     def params(self) -> int:

@@ -1,0 +1,347 @@
+"""ONNX graph -> :class:`LayerGraph`: one layer per node, weights attached to their consumers.
+
+- Initializers and the outputs of ``Constant`` nodes are *weights* of the nodes that consume
+  them (some exporters emit no initializers at all and put every weight in a ``Constant``);
+  ``Constant`` nodes are folded away (kept only when their value is a graph output).
+- Control-flow nodes (``If``, ``Loop``, ``Scan``) are one layer each; every graph attribute
+  becomes a nested :class:`LayerGraph` in ``Layer.subgraphs``, built by the same rules.  Values a
+  subgraph reads from the outer scope are added to the control-flow layer's ``inputs``, so the
+  layer depends on what its body reads.
+- Layers come in topological order (a stable sort: a sorted model keeps its order).
+- Names: ``node.name``, or ``{op_type}_{index}`` when empty, made unique across the whole model
+  (subgraphs included) with a ``_N`` suffix.  The names are written back into the held
+  ModelProto, so onnxruntime's per-node profile reports the same names.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+from onnx import numpy_helper
+
+from effstudio.core import dtypes
+from effstudio.core.graph import Layer, LayerGraph, TensorInfo, Weight
+from effstudio.core.loaders.onnx_scope import node_scope
+from effstudio.core.progress import Progress
+
+# ops of these domains have schemas onnx / onnxruntime know; anything else is flagged
+KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+FLAG_CUSTOM_DOMAIN = "custom-domain"
+FLAG_LOCAL_FUNCTION = "local-function"  # an op defined by a function inside the model file
+_SMALL_ATTR_VALUES = 8  # tensor attributes up to this many elements show their values
+
+
+class GraphError(Exception):
+    """The graph is malformed (a value used but never defined, a cycle)."""
+
+
+@dataclass
+class BuildContext:
+    """State shared across the main graph and every subgraph."""
+
+    used_names: set[str] = field(default_factory=set)
+    functions: frozenset[tuple[str, str]] = frozenset()
+    progress: Progress | None = None
+    total_nodes: int = 1
+    done_nodes: int = 0
+
+    def unique(self, name: str) -> str:
+        if name not in self.used_names:
+            self.used_names.add(name)
+            return name
+        i = 1
+        while f"{name}_{i}" in self.used_names:
+            i += 1
+        self.used_names.add(f"{name}_{i}")
+        return f"{name}_{i}"
+
+    def tick(self) -> None:
+        self.done_nodes += 1
+        if self.progress is not None and self.done_nodes % 200 == 0:
+            self.progress.update(self.done_nodes / self.total_nodes,
+                                 f"building layers ({self.done_nodes}/{self.total_nodes} nodes)")
+
+
+@dataclass(frozen=True)
+class _WeightInfo:
+    shape: tuple[int, ...]
+    dtype: str
+
+
+# --- weights -----------------------------------------------------------------------------
+def _tensor_weight(t: onnx.TensorProto) -> _WeightInfo:
+    return _WeightInfo(tuple(int(d) for d in t.dims), dtypes.from_onnx(t.data_type))
+
+
+def _constant_weight(node: onnx.NodeProto) -> _WeightInfo | None:
+    """Shape and dtype of a Constant node's value (None for an attribute we do not know)."""
+    for a in node.attribute:
+        if a.name == "value" and a.HasField("t"):
+            return _tensor_weight(a.t)
+        if a.name == "sparse_value" and a.HasField("sparse_tensor"):
+            sp = a.sparse_tensor
+            return _WeightInfo(tuple(int(d) for d in sp.dims), dtypes.from_onnx(sp.values.data_type))
+        if a.name == "value_float":
+            return _WeightInfo((), "float32")
+        if a.name == "value_int":
+            return _WeightInfo((), "int64")
+        if a.name == "value_string":
+            return _WeightInfo((), "string")
+        if a.name == "value_floats":
+            return _WeightInfo((len(a.floats),), "float32")
+        if a.name == "value_ints":
+            return _WeightInfo((len(a.ints),), "int64")
+        if a.name == "value_strings":
+            return _WeightInfo((len(a.strings),), "string")
+    return None
+
+
+def _is_constant(node: onnx.NodeProto) -> bool:
+    return node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1
+
+
+# --- attributes --------------------------------------------------------------------------
+def _json_float(x: float) -> float | str:
+    return x if math.isfinite(x) else str(x)  # JSON has no inf/nan
+
+
+def _tensor_summary(t: onnx.TensorProto) -> dict[str, Any]:
+    out: dict[str, Any] = {"tensor": {"shape": [int(d) for d in t.dims],
+                                      "dtype": dtypes.from_onnx(t.data_type)}}
+    n = 1
+    for d in t.dims:
+        n *= int(d)
+    if n <= _SMALL_ATTR_VALUES and t.data_location != onnx.TensorProto.EXTERNAL:
+        try:
+            arr = numpy_helper.to_array(t)
+            vals = arr.reshape(-1).tolist()
+            json.dumps(vals)
+            out["tensor"]["values"] = [_json_float(v) if isinstance(v, float) else v for v in vals]
+        except (ValueError, TypeError, RuntimeError):
+            pass  # exotic dtypes: the summary keeps shape and dtype only
+    return out
+
+
+def attribute_value(a: onnx.AttributeProto) -> Any:
+    """A JSON-able view of one attribute (tensors and graphs summarized, not copied)."""
+    A = onnx.AttributeProto
+    if a.type == A.INT:
+        return int(a.i)
+    if a.type == A.FLOAT:
+        return _json_float(float(a.f))
+    if a.type == A.STRING:
+        return a.s.decode("utf-8", errors="replace")
+    if a.type == A.INTS:
+        return [int(v) for v in a.ints]
+    if a.type == A.FLOATS:
+        return [_json_float(float(v)) for v in a.floats]
+    if a.type == A.STRINGS:
+        return [s.decode("utf-8", errors="replace") for s in a.strings]
+    if a.type == A.TENSOR:
+        return _tensor_summary(a.t)
+    if a.type == A.TENSORS:
+        return [_tensor_summary(t) for t in a.tensors]
+    if a.type == A.SPARSE_TENSOR:
+        return {"sparse_tensor": {"shape": [int(d) for d in a.sparse_tensor.dims],
+                                  "dtype": dtypes.from_onnx(a.sparse_tensor.values.data_type)}}
+    if a.type == A.GRAPH:
+        return {"graph": a.g.name, "nodes": len(a.g.node)}
+    if a.type == A.GRAPHS:
+        return [{"graph": g.name, "nodes": len(g.node)} for g in a.graphs]
+    if a.type == A.TYPE_PROTO:
+        return str(a.tp).strip()
+    if a.ref_attr_name:
+        return {"ref": a.ref_attr_name}
+    return None
+
+
+# --- structure ---------------------------------------------------------------------------
+def _subgraphs(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
+    out = []
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            out.append((a.name, a.g))
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            out.extend((f"{a.name}[{i}]", g) for i, g in enumerate(a.graphs))
+    return out
+
+
+def outer_references(g: onnx.GraphProto) -> list[str]:
+    """Names ``g`` (and its nested subgraphs) reads without defining them, in first-use order."""
+    defined = {vi.name for vi in g.input} | {t.name for t in g.initializer}
+    defined |= {sp.values.name for sp in g.sparse_initializer}
+    for node in g.node:
+        defined.update(o for o in node.output if o)
+    out: list[str] = []
+    seen: set[str] = set()
+    for node in g.node:
+        reads = [i for i in node.input if i]
+        for _, sub in _subgraphs(node):
+            reads.extend(outer_references(sub))
+        for name in reads:
+            if name not in defined and name not in seen:
+                seen.add(name)
+                out.append(name)
+    for vi in g.output:  # an output may pass an outer value straight through
+        if vi.name not in defined and vi.name not in seen:
+            seen.add(vi.name)
+            out.append(vi.name)
+    return out
+
+
+def _topo_order(nodes: list[onnx.NodeProto], reads: list[list[str]]) -> list[int]:
+    """Indices of ``nodes`` in a topological order, as close to the file's order as possible."""
+    producer: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            if o:
+                producer[o] = i
+    deps = [{producer[r] for r in rs if r in producer and producer[r] != i} for i, rs in enumerate(reads)]
+    if all(d < i for i, ds in enumerate(deps) for d in ds):
+        return list(range(len(nodes)))  # already sorted (the common case)
+    users: list[list[int]] = [[] for _ in nodes]
+    indeg = [len(ds) for ds in deps]
+    for i, ds in enumerate(deps):
+        for d in ds:
+            users[d].append(i)
+    ready = [i for i, k in enumerate(indeg) if k == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            indeg[u] -= 1
+            if indeg[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        stuck = next(nodes[i] for i in range(len(nodes)) if indeg[i] > 0)
+        raise GraphError(f"the graph has a cycle (through node {stuck.name or stuck.op_type!r})")
+    return order
+
+
+def count_nodes(g: onnx.GraphProto) -> int:
+    return sum(1 + sum(count_nodes(sub) for _, sub in _subgraphs(n)) for n in g.node)
+
+
+def build_graph(g: onnx.GraphProto, *, infos: dict[str, TensorInfo], outer_weights: dict[str, _WeightInfo],
+                outer_values: set[str], ctx: BuildContext,
+                inputs: list[TensorInfo] | None = None) -> LayerGraph:
+    """One (sub)graph as a LayerGraph.  ``outer_*`` are the weights and values visible from
+    enclosing graphs; ``inputs`` overrides the graph's declared inputs (the top graph's)."""
+    weights: dict[str, _WeightInfo] = dict(outer_weights)
+    for t in g.initializer:
+        weights[t.name] = _tensor_weight(t)
+    for sp in g.sparse_initializer:
+        weights[sp.values.name] = _WeightInfo(tuple(int(d) for d in sp.dims),
+                                              dtypes.from_onnx(sp.values.data_type))
+    graph_output_names = {vi.name for vi in g.output}
+    nodes: list[onnx.NodeProto] = []
+    for node in g.node:
+        if _is_constant(node) and node.output[0] not in graph_output_names:
+            info = _constant_weight(node)
+            if info is not None:
+                weights[node.output[0]] = info
+                ctx.tick()
+                continue
+        nodes.append(node)
+
+    init_names = {t.name for t in g.initializer}
+    if inputs is None:
+        inputs = [infos.get(vi.name) or TensorInfo(vi.name) for vi in g.input if vi.name not in init_names]
+    values = set(outer_values) | {t.name for t in inputs}
+    values.update(o for n in nodes for o in n.output if o)
+
+    reads: list[list[str]] = []
+    for node in nodes:
+        rs = [i for i in node.input if i]
+        for _, sub in _subgraphs(node):
+            rs.extend(outer_references(sub))
+        for r in rs:
+            if r not in values and r not in weights:
+                raise GraphError(f"node {node.name or node.op_type!r} reads {r!r}, which nothing defines "
+                                 "(a truncated or broken file?)")
+        reads.append(rs)
+
+    layers: list[Layer] = []
+    for idx in _topo_order(nodes, reads):
+        node = nodes[idx]
+        name = ctx.unique(node.name or f"{node.op_type}_{idx}")
+        if node.name != name:
+            node.name = name  # keep the held ModelProto's names equal to the layer names
+        lay = Layer(name=name, op_type=node.op_type, scope=node_scope(node), domain=node.domain,
+                    outputs=[o for o in node.output if o])
+        if _is_constant(node):  # a Constant kept because its value is a graph output
+            info = _constant_weight(node)
+            if info is not None:
+                lay.weights.append(Weight(node.output[0], info.shape, info.dtype))
+        seen_w: set[str] = set()
+        seen_in: set[str] = set()
+        explicit = [i for i in node.input if i]
+        for pos, r in enumerate(reads[idx]):
+            if r in weights:
+                # a weight a subgraph reads belongs to the subgraph's layer, not to this one
+                if pos < len(explicit) and r not in seen_w:
+                    seen_w.add(r)
+                    w = weights[r]
+                    lay.weights.append(Weight(r, w.shape, w.dtype))
+            elif pos < len(explicit) or r not in seen_in:  # explicit inputs keep repeats (Add(x, x))
+                lay.inputs.append(r)
+            seen_in.add(r)
+        lay.attributes = {a.name: attribute_value(a) for a in node.attribute}
+        if node.domain not in KNOWN_DOMAINS:
+            lay.flags.append(FLAG_LOCAL_FUNCTION if (node.domain, node.op_type) in ctx.functions
+                             else FLAG_CUSTOM_DOMAIN)
+        ctx.tick()
+        for attr_name, sub in _subgraphs(node):
+            lay.subgraphs[attr_name] = build_graph(sub, infos=infos, outer_weights=weights,
+                                                   outer_values=values, ctx=ctx)
+        layers.append(lay)
+
+    out = LayerGraph(layers=layers, inputs=list(inputs),
+                     outputs=[infos.get(vi.name) or TensorInfo(vi.name) for vi in g.output])
+    for name in _activation_names(out):
+        info = infos.get(name)
+        out.tensors[name] = TensorInfo(name, info.shape, info.dtype) if info else TensorInfo(name)
+    for t in out.inputs:
+        out.tensors[t.name] = t
+    return out
+
+
+def _activation_names(g: LayerGraph) -> Iterable[str]:
+    for t in g.outputs:
+        yield t.name
+    for lay in g.layers:
+        yield from lay.inputs
+        yield from lay.outputs
+
+
+def mark_shared(graph: LayerGraph) -> None:
+    """Mark weights consumed by several layers as shared, subgraph layers included.
+
+    ``LayerGraph.mark_shared_weights`` counts the top-level layers; a weight read both by a
+    top-level layer and inside a subgraph (or by two subgraphs) is shared too.
+    """
+    graph.mark_shared_weights()
+    count: dict[str, int] = {}
+    all_layers: list[Layer] = []
+
+    def visit(g: LayerGraph) -> None:
+        for lay in g.layers:
+            all_layers.append(lay)
+            for w in {w.name for w in lay.weights}:
+                count[w] = count.get(w, 0) + 1
+            for sub in lay.subgraphs.values():
+                visit(sub)
+
+    visit(graph)
+    for lay in all_layers:
+        for w in lay.weights:
+            if count[w.name] > 1:
+                w.shared = True

@@ -1,0 +1,108 @@
+"""Open an ONNX file into a :class:`LoadedModel` (``effstudio inspect model.onnx``).
+
+Steps: parse the file without its external data; check IR version and opsets; check every
+external-data location (nothing outside the model's folder is read) and read the data; infer
+shapes on a light copy of the graph (see ``onnx_shapes``); build the layer graph (see
+``onnx_graph``).  The ModelProto (weights included, held once) is kept for onnxruntime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from effstudio.core.errors import ModelLoadError
+from effstudio.core.graph import ModelInfo
+from effstudio.core.inputs import InputSpec, make_example_inputs
+from effstudio.core.loaders import onnx_graph, onnx_shapes
+from effstudio.core.loaders.onnx_external import load_external_data
+from effstudio.core.model import LoadedModel
+from effstudio.core.progress import Progress
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def read_model(path: Path) -> onnx.ModelProto:
+    """Parse ``path`` (external data not read) or raise ``ModelLoadError``."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError as e:
+        raise ModelLoadError(str(path), f"not a valid ONNX model: {_first_line(e)}") from e
+    except OSError as e:
+        raise ModelLoadError(str(path), f"cannot read the file: {e.strerror or _first_line(e)}") from e
+    except Exception as e:  # onnx's C++ layer raises assorted errors on garbage
+        raise ModelLoadError(str(path), f"not a valid ONNX model: {_first_line(e)}") from e
+    if not model.HasField("graph") or model.ir_version <= 0:
+        raise ModelLoadError(str(path), "not a valid ONNX model: no graph or IR version in the file")
+    return model
+
+
+def check_versions(path: Path, model: onnx.ModelProto) -> int:
+    """Refuse IR versions and opsets this onnx does not know; return the ai.onnx opset."""
+    if model.ir_version > onnx.IR_VERSION:
+        raise ModelLoadError(str(path), f"unsupported ONNX IR version {model.ir_version} (the installed onnx "
+                             f"{onnx.__version__} reads up to {onnx.IR_VERSION})")
+    if not model.opset_import:
+        raise ModelLoadError(str(path), "not a valid ONNX model: it imports no opset (truncated file?)")
+    opset = 0
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            opset = int(imp.version)
+            limit = onnx.defs.onnx_opset_version()
+            if not 1 <= opset <= limit:
+                raise ModelLoadError(str(path), f"unsupported opset {opset} (the installed onnx "
+                                     f"{onnx.__version__} supports opsets 1 to {limit})")
+        elif imp.domain == "ai.onnx.ml":
+            limit = onnx.defs.onnx_ml_opset_version()
+            if not 1 <= imp.version <= limit:
+                raise ModelLoadError(str(path), f"unsupported ai.onnx.ml opset {imp.version} (the installed "
+                                     f"onnx {onnx.__version__} supports 1 to {limit})")
+    return opset
+
+
+def load_onnx(path: Path, *, inputs: dict[str, InputSpec], progress: Progress) -> LoadedModel:
+    """Load ``path`` into a :class:`LoadedModel` whose graph has one layer per ONNX node.
+
+    ``inputs`` gives shapes (and dtypes) for the model's inputs (``--input``); a symbolic
+    leading dim defaults to 1, other symbolic dims stay symbolic.  ``example_inputs`` is filled
+    only when every input dim is concrete.
+    """
+    path = Path(path)
+    progress.update(0.0, f"reading {path.name}")
+    model = read_model(path)
+    opset = check_versions(path, model)
+    progress.update(0.3, "checking external data")
+    load_external_data(model, path, progress.sub(0.3, 0.6))
+
+    progress.update(0.6, "inferring shapes")
+    declared = onnx_shapes.graph_inputs(model.graph)
+    resolved = onnx_shapes.resolve_inputs(str(path), declared, inputs)
+    symbols = onnx_shapes.symbol_values(declared, resolved)
+    infos, shape_problem = onnx_shapes.infer_tensor_infos(model, resolved, symbols)
+
+    progress.update(0.8, "building layers")
+    ctx = onnx_graph.BuildContext(functions=frozenset((f.domain, f.name) for f in model.functions),
+                          progress=progress.sub(0.8, 1.0),
+                          total_nodes=max(1, onnx_graph.count_nodes(model.graph)))
+    try:
+        graph = onnx_graph.build_graph(model.graph, infos=infos, outer_weights={}, outer_values=set(),
+                                       ctx=ctx, inputs=resolved)
+    except onnx_graph.GraphError as e:
+        raise ModelLoadError(str(path), f"not a valid ONNX model: {e}") from e
+    onnx_graph.mark_shared(graph)
+
+    producer = f"{model.producer_name} {model.producer_version}".strip()
+    extra: dict[str, object] = {"opset": opset, "producer": producer, "ir_version": int(model.ir_version)}
+    if shape_problem:
+        extra["shape_inference_error"] = shape_problem
+    graph.model = ModelInfo(str(path), "onnx", extra)
+    loaded = LoadedModel(graph, "onnx", str(path), onnx_model=model, onnx_path=str(path))
+    if all(t.shape is not None and all(isinstance(d, int) for d in t.shape) for t in graph.inputs):
+        loaded.example_inputs = make_example_inputs(graph.inputs)
+    progress.update(1.0, f"loaded {path.name}: {len(graph.layers)} layers")
+    return loaded

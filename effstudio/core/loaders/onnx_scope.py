@@ -1,0 +1,81 @@
+"""The module scope of an ONNX node, as a dotted module path (``encoder.layer.3.attention``).
+
+Exporters record it in different places:
+- torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``) writes node metadata
+  ``pkg.torch.onnx.name_scopes``: a Python list literal of the full module paths from the root
+  down, ending with the FX node's own name, e.g. ``['', 'enc', 'enc.0', 'enc.0.conv', 'conv2d']``;
+  older versions wrote only ``namespace``: ``': M/enc: Sequential/enc.0: Blk/conv2d: aten.conv2d'``;
+- torch's TorchScript exporter and many others encode it in the node name:
+  ``/encoder/layer.0/attention/self/query/MatMul`` or ``/enc/enc.0/conv/Conv`` (where a
+  Sequential child carries its parent's prefix).
+"""
+
+from __future__ import annotations
+
+import ast
+
+import onnx
+
+NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+NAMESPACE_KEY = "namespace"
+# torch.export's placeholder for nodes outside any module (shape arithmetic on inputs)
+_NO_MODULE = "_empty_nn_module_stack"
+
+
+def join_scope(parts: list[str]) -> str:
+    """Join module names root-first into one dotted path.
+
+    A part that already extends the path so far (``enc`` then ``enc.0``) replaces it instead of
+    being appended, so both full paths and local names give ``enc.0.conv``.
+    """
+    acc = ""
+    for p in parts:
+        p = p.strip()
+        if not p or p.startswith(_NO_MODULE):
+            continue
+        if acc and (p == acc or p.startswith(acc + ".")):
+            acc = p
+        else:
+            acc = f"{acc}.{p}" if acc else p
+    return acc
+
+
+def _from_name_scopes(value: str) -> str | None:
+    try:
+        scopes = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(scopes, list | tuple) or not all(isinstance(s, str) for s in scopes):
+        return None
+    return join_scope(list(scopes[:-1]))  # the last entry is the FX node, not a module
+
+
+def _from_namespace(value: str) -> str | None:
+    # ": M/enc: torch.nn.Sequential/enc.0: Blk/conv2d: aten.conv2d.default"
+    entries = [e.split(":", 1)[0].strip() for e in value.split("/")]
+    if len(entries) < 2:
+        return None
+    return join_scope(entries[:-1])
+
+
+def _from_node_name(name: str) -> str:
+    if not name.startswith("/"):
+        return ""
+    return join_scope(name.split("/")[1:-1])  # the last component is the op ("Conv", "MatMul_1")
+
+
+def node_scope(node: onnx.NodeProto) -> str:
+    """The dotted module path of ``node`` ("" at the top level or when nothing records it)."""
+    namespace = None
+    for prop in node.metadata_props:
+        if prop.key == NAME_SCOPES_KEY:
+            scope = _from_name_scopes(prop.value)
+            if scope is not None:
+                return scope
+        elif prop.key == NAMESPACE_KEY:
+            namespace = prop.value
+    if namespace is not None:
+        scope = _from_namespace(namespace)
+        if scope is not None:
+            return scope
+    return _from_node_name(node.name)

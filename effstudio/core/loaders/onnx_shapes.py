@@ -1,0 +1,322 @@
+"""Input shapes and activation shapes of an ONNX model.
+
+Shape inference runs on a *light copy* of the model: the graph structure with the large
+weights' data left out (they become typed graph inputs, declared with their shape and dtype),
+while small tensors keep their data so that ``Reshape``/``Expand``/``Slice`` shape arguments
+still propagate (``data_prop=True``).  ``onnx.shape_inference.infer_shapes`` on the full model
+serializes and re-parses every weight twice (seconds for BERT-base); the light copy is a few
+hundred KB whatever the model's size.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from effstudio.core import dtypes
+from effstudio.core.errors import ModelLoadError
+from effstudio.core.graph import Dim, Shape, TensorInfo
+from effstudio.core.inputs import InputSpec
+
+# tensors up to this many bytes keep their data in the light copy (shape constants, scalars);
+# integer tensors (indices, shapes) up to INT_DATA_BYTES.
+SMALL_DATA_BYTES = 4096
+INT_DATA_BYTES = 64 * 1024
+_INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
+              onnx.TensorProto.UINT64, onnx.TensorProto.UINT32, onnx.TensorProto.UINT16,
+              onnx.TensorProto.UINT8, onnx.TensorProto.BOOL}
+
+
+# --- types -------------------------------------------------------------------------------
+def type_dtype(tp: onnx.TypeProto) -> str | None:
+    kind = tp.WhichOneof("value")
+    if kind == "tensor_type":
+        return dtypes.from_onnx(tp.tensor_type.elem_type) if tp.tensor_type.elem_type else None
+    if kind == "sparse_tensor_type":
+        return dtypes.from_onnx(tp.sparse_tensor_type.elem_type)
+    if kind == "sequence_type":
+        inner = type_dtype(tp.sequence_type.elem_type)
+        return f"sequence<{inner}>" if inner else "sequence"
+    if kind == "optional_type":
+        inner = type_dtype(tp.optional_type.elem_type)
+        return f"optional<{inner}>" if inner else "optional"
+    if kind == "map_type":
+        return "map"
+    return None
+
+
+def type_shape(tp: onnx.TypeProto) -> Shape | None:
+    kind = tp.WhichOneof("value")
+    if kind not in ("tensor_type", "sparse_tensor_type"):
+        return None
+    tt = tp.tensor_type if kind == "tensor_type" else tp.sparse_tensor_type
+    if not tt.HasField("shape"):
+        return None  # rank unknown
+    out: list[Dim] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value") and d.dim_value >= 0:
+            out.append(int(d.dim_value))
+        elif d.dim_param:
+            out.append(d.dim_param)
+        else:
+            out.append("?")  # a dynamic dim without a name (or -1, as some old exporters write)
+    return tuple(out)
+
+
+def value_info(vi: onnx.ValueInfoProto) -> TensorInfo:
+    return TensorInfo(vi.name, type_shape(vi.type), type_dtype(vi.type))
+
+
+def tensor_nbytes(t: onnx.TensorProto) -> int:
+    n = 1
+    for d in t.dims:
+        n *= int(d)
+    return dtypes.nbytes(dtypes.from_onnx(t.data_type), n)
+
+
+# --- inputs --------------------------------------------------------------------------------
+def graph_inputs(graph: onnx.GraphProto) -> list[TensorInfo]:
+    """The model's real inputs (initializers listed as inputs, as IR < 4 requires, excluded)."""
+    init = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
+    return [value_info(vi) for vi in graph.input if vi.name not in init]
+
+
+def resolve_inputs(path: str, declared: list[TensorInfo], specs: dict[str, InputSpec]) -> list[TensorInfo]:
+    """Apply ``--input`` specs to the model's declared inputs.
+
+    A given shape must have the model's rank and agree with its static dims; a given dtype must
+    be the model's.  Without a spec, a symbolic leading (batch) dim becomes 1; other symbolic
+    dims stay symbolic.
+    """
+    names = [t.name for t in declared]
+    unknown = [n for n in specs if n not in names]
+    if unknown:
+        raise ModelLoadError(path, f"--input {unknown[0]}: the model has no input named {unknown[0]!r}; "
+                             f"its inputs are: {', '.join(names) or '(none)'}")
+    out = []
+    for t in declared:
+        spec = specs.get(t.name)
+        shape = t.shape
+        if spec is not None and spec.shape is not None:
+            given = tuple(int(d) for d in spec.shape)
+            if shape is not None:
+                if len(given) != len(shape):
+                    raise ModelLoadError(path, f"--input {t.name}: {len(given)} dims given, the model's "
+                                         f"input has {len(shape)} ({_fmt(shape)})")
+                for i, (g, m) in enumerate(zip(given, shape, strict=True)):
+                    if isinstance(m, int) and g != m:
+                        raise ModelLoadError(path, f"--input {t.name}: dim {i} is fixed at {m} by the model "
+                                             f"({_fmt(shape)}), {g} given")
+            shape = given
+        elif shape and isinstance(shape[0], str):
+            shape = (1, *shape[1:])
+        if spec is not None and spec.dtype is not None and t.dtype is not None and spec.dtype != t.dtype:
+            raise ModelLoadError(path, f"--input {t.name}: the model's input is {t.dtype}, "
+                                 f"{spec.dtype} given")
+        out.append(TensorInfo(t.name, shape, t.dtype))
+    return out
+
+
+def _fmt(shape: Shape) -> str:
+    return "x".join(str(d) for d in shape) if shape else "scalar"
+
+
+# --- the light copy ----------------------------------------------------------------------
+def _keep_data(t: onnx.TensorProto) -> bool:
+    nb = tensor_nbytes(t)
+    return nb <= SMALL_DATA_BYTES or (t.data_type in _INT_TYPES and nb <= INT_DATA_BYTES)
+
+
+def _typed(name: str, t: onnx.TensorProto) -> onnx.ValueInfoProto:
+    return onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims))
+
+
+def symbol_values(declared: list[TensorInfo], resolved: list[TensorInfo]) -> dict[str, int]:
+    """Symbolic dims the resolved inputs made concrete: ``{"batch": 1, "seq": 128}``."""
+    out: dict[str, int] = {}
+    for a, b in zip(declared, resolved, strict=True):
+        if a.shape is None or b.shape is None or len(a.shape) != len(b.shape):
+            continue
+        for da, db in zip(a.shape, b.shape, strict=True):
+            if isinstance(da, str) and da != "?" and isinstance(db, int):
+                out.setdefault(da, db)
+    return out
+
+
+def _substitute(vi: onnx.ValueInfoProto, symbols: dict[str, int]) -> onnx.ValueInfoProto:
+    if not vi.type.HasField("tensor_type"):
+        return vi
+    for d in vi.type.tensor_type.shape.dim:
+        if d.dim_param in symbols:
+            d.dim_value = symbols[d.dim_param]  # sets the oneof: dim_param is cleared
+        elif d.HasField("dim_value") and d.dim_value < 0:
+            d.Clear()  # -1 for "dynamic" (old exporters): unknown, so inference may fill it
+    return vi
+
+
+def _light_graph(src: onnx.GraphProto, dst: onnx.GraphProto, hoisted: list[onnx.ValueInfoProto],
+                 symbols: dict[str, int]) -> None:
+    """Copy ``src`` into ``dst`` without large tensor data.  Large initializers and large
+    ``Constant`` values become typed values declared in ``hoisted`` (inputs of the top graph;
+    subgraphs see the outer scope, so this is valid at any depth)."""
+    dst.name = src.name
+    for t in src.initializer:
+        if _keep_data(t):
+            dst.initializer.add().CopyFrom(t)
+        else:
+            hoisted.append(_typed(t.name, t))
+    for sp in src.sparse_initializer:
+        vi = onnx.helper.make_tensor_value_info(sp.values.name, sp.values.data_type, list(sp.dims))
+        hoisted.append(vi)
+    for node in src.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+            big = [a for a in node.attribute if a.name == "value" and a.HasField("t") and not _keep_data(a.t)]
+            if big:
+                hoisted.append(_typed(node.output[0], big[0].t))
+                continue
+        n = dst.node.add()
+        n.input.extend(node.input)
+        n.output.extend(node.output)
+        n.name = node.name
+        n.op_type = node.op_type
+        n.domain = node.domain
+        if node.overload:
+            n.overload = node.overload
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                na = n.attribute.add(name=a.name, type=a.type)
+                _light_graph(a.g, na.g, hoisted, symbols)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                na = n.attribute.add(name=a.name, type=a.type)
+                for g in a.graphs:
+                    _light_graph(g, na.graphs.add(), hoisted, symbols)
+            else:
+                n.attribute.add().CopyFrom(a)
+    dst.input.extend(src.input)
+    dst.output.extend(src.output)
+    dst.value_info.extend(src.value_info)
+    for vi in (*dst.input, *dst.output, *dst.value_info):
+        _substitute(vi, symbols)
+
+
+def light_copy(model: onnx.ModelProto, inputs: list[TensorInfo], symbols: dict[str, int]) -> onnx.ModelProto:
+    """The model's structure without large weight data, its inputs typed with ``inputs``' shapes.
+
+    Stored shapes (``value_info``, outputs) are kept, with the symbolic dims that ``inputs``
+    made concrete (``symbols``) replaced by their values: exporters such as torch's name dims
+    consistently, and their shapes survive where onnx's inference gives up (``Slice`` with a
+    symbolic end, say).
+    """
+    light = onnx.ModelProto(ir_version=max(model.ir_version, 4), producer_name=model.producer_name)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    hoisted: list[onnx.ValueInfoProto] = []
+    g = light.graph
+    _light_graph(model.graph, g, hoisted, symbols)
+    by_name = {t.name: t for t in inputs}
+    declared = {vi.name for vi in g.input}
+    for vi in g.input:
+        t = by_name.get(vi.name)
+        if t is not None and t.shape is not None and vi.type.HasField("tensor_type"):
+            shape = vi.type.tensor_type.shape
+            del shape.dim[:]
+            for d in t.shape:
+                if isinstance(d, int):
+                    shape.dim.add().dim_value = d
+                else:
+                    shape.dim.add().dim_param = d
+    g.input.extend(vi for vi in hoisted if vi.name not in declared)
+    return light
+
+
+def collect_infos(model: onnx.ModelProto) -> dict[str, TensorInfo]:
+    """Name -> TensorInfo of every typed value in the model, subgraphs included."""
+    out: dict[str, TensorInfo] = {}
+
+    def visit(g: onnx.GraphProto) -> None:
+        for vi in (*g.input, *g.value_info, *g.output):
+            if vi.HasField("type"):
+                out[vi.name] = value_info(vi)
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    visit(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sub in a.graphs:
+                        visit(sub)
+
+    visit(model.graph)
+    return out
+
+
+def _known(t: TensorInfo | None) -> int:
+    """How much of a shape is known: -1 none, else 1 + the number of static dims."""
+    if t is None or t.shape is None:
+        return -1
+    return 1 + sum(isinstance(d, int) for d in t.shape)
+
+
+_CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+_STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+
+
+def _stuck_nodes(g: onnx.GraphProto, infos: dict[str, TensorInfo]) -> list[str]:
+    """Main-graph nodes of standard ops whose input shapes are all known but an output's is not:
+    where onnx's inference gave up (typically a Reshape whose target shape is computed).
+
+    onnxruntime's inference costs seconds (sympy's import alone) and rarely helps with what
+    follows control flow or custom ops, so it runs only for these.
+    """
+    stuck = []
+    for node in g.node:
+        if node.op_type in _CONTROL_FLOW or node.domain not in _STANDARD_DOMAINS:
+            continue
+        if any(_known(infos.get(o)) < 0 for o in node.output if o) and \
+                all(_known(infos.get(i)) >= 0 for i in node.input if i):
+            stuck.append(node.name or node.op_type)
+    return stuck
+
+
+def _symbolic_pass(light: onnx.ModelProto, infos: dict[str, TensorInfo]) -> None:
+    """Fill shapes onnx's inference left unknown with onnxruntime's symbolic shape inference.
+
+    onnx's data propagation stops at chains such as Shape -> Slice -> Concat -> Reshape that
+    PaddlePaddle and TF exporters emit; onnxruntime's (sympy-based) inference follows them.  It is
+    slower (Python, per node), so it only runs when something is left unknown.
+    """
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:  # an onnxruntime build without its tools
+        return
+    try:
+        out = SymbolicShapeInference.infer_shapes(light, auto_merge=True, guess_output_rank=False)
+    except Exception:  # it raises on ops it does not know; onnx's shapes stand then
+        return
+    if out is None:
+        return
+    for name, t in collect_infos(out).items():
+        if _known(t) > _known(infos.get(name)):
+            infos[name] = t
+
+
+def infer_tensor_infos(model: onnx.ModelProto, inputs: list[TensorInfo], symbols: dict[str, int]
+                       ) -> tuple[dict[str, TensorInfo], str | None]:
+    """Shapes and dtypes of every value, inferred from ``inputs``.
+
+    Returns the infos and, when inference failed, why (the declared ``value_info`` is used then).
+    """
+    light = light_copy(model, inputs, symbols)
+    infos = collect_infos(light)
+    problem: str | None = None
+    for data_prop in (True, False):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False,
+                                                         data_prop=data_prop)
+        except Exception as e:  # onnx raises several kinds (InferenceError, RuntimeError, ...)
+            problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+            continue
+        infos.update(collect_infos(inferred))
+        problem = None
+        break
+    if _stuck_nodes(light.graph, infos):
+        _symbolic_pass(light, infos)
+    return infos, problem
