@@ -2,6 +2,7 @@
 
     effstudio [MODEL]                      start the GUI (on the demo CNN without MODEL)
     effstudio inspect MODEL [--json]       the layer graph: names, ops, shapes, params, bytes
+    effstudio profile MODEL [--json]       per-layer MACs and measured latency, end-to-end stats
 
 Errors in the user's input print one line on stderr and exit 2 (``--debug`` for a traceback).
 Progress goes to stderr; stdout carries only the result.
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 
 from effstudio import __version__
 
-VERBS = ("inspect",)
+VERBS = ("inspect", "profile")
 
 
 class ConsoleProgress:
@@ -33,7 +35,7 @@ class ConsoleProgress:
         if not self._tty:
             return
         width = 30
-        filled = int(round(fraction * width))
+        filled = round(fraction * width)
         line = f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:3.0f}% {message[:60]:<60}"
         if line != self._last:
             sys.stderr.write(line)
@@ -79,7 +81,8 @@ def _print_table(rows: list[list[str]], header: list[str], right: set[int]) -> N
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
 
     def fmt(r: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        cells = enumerate(zip(r, widths, strict=True))
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in cells)
 
     print(fmt(header))
     print("  ".join("-" * w for w in widths))
@@ -109,8 +112,95 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_profile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to time the model")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="intra-op threads (default: every available core)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--runs", type=int, metavar="N",
+                     help="timed runs (default: about 2 s, at least 10 runs)")
+    how.add_argument("--budget", type=float, metavar="SECONDS", help="time budget for the end-to-end runs")
+    p.add_argument("--npz", metavar="FILE", help="input data: a .npz with one array per model input "
+                   "(default: random data of the right shapes)")
+    p.add_argument("--no-per-layer", dest="per_layer", action="store_false",
+                   help="time end to end only (no per-layer profiling)")
+
+
+def _fmt_ms(v: float | None) -> str:
+    return "?" if v is None else f"{v:.3f}"
+
+
+def _profile_method(lat) -> str:
+    e = lat.e2e_ms
+    text = f"median of {e['runs']} runs, p10–p90 {e['p10']:.3f}–{e['p90']:.3f} ms, CV {e['cv'] * 100:.0f} %"
+    if "; per layer: " in lat.method:  # the backend says how it got per-layer times
+        text += f"; per layer from {lat.backend}: " + lat.method.split("; per layer: ", 1)[1]
+    return text
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from effstudio.core.latency import RUNTIME_KEY, load_npz_inputs
+    from effstudio.core.profile import profile_json, profile_model
+
+    bar = ConsoleProgress()
+    try:
+        loaded = _open(args, bar)
+        inputs = load_npz_inputs(args.npz, loaded.graph) if args.npz else None
+        result = profile_model(loaded, device=args.device, threads=args.threads, runs=args.runs,
+                               budget_s=args.budget, per_layer=args.per_layer, inputs=inputs,
+                               progress=bar.progress)
+    finally:
+        bar.close()
+    if args.json:
+        json.dump(profile_json(loaded, result.static, result.latency), sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    lat, st = result.latency, result.static
+    per_layer = lat.per_layer_ms
+    layer_sum = sum(per_layer.values())
+
+    def share(ms: float | None) -> str:
+        return "?" if ms is None or layer_sum <= 0 else f"{100 * ms / layer_sum:.1f}"
+
+    rows = []
+    for lay in loaded.graph.layers:
+        macs = st.get("macs", lay.name)
+        ms = per_layer.get(lay.name)
+        macs_text = "?" if macs is None else f"{int(macs):,}"
+        rows.append([lay.name, lay.op_type, macs_text, _fmt_ms(ms), share(ms)])
+    if RUNTIME_KEY in per_layer:
+        rows.append([RUNTIME_KEY, "", "", _fmt_ms(per_layer[RUNTIME_KEY]), share(per_layer[RUNTIME_KEY])])
+    _print_table(rows, ["name", "op", "MACs", "latency ms", "share %"], right={2, 3, 4})
+    e, env = lat.e2e_ms, lat.environment
+    t = st.totals
+    print(f"\n{loaded.path} ({loaded.format}): {len(loaded.graph.layers)} layers, "
+          f"{t.get('params', 0):,} params, {t.get('macs', 0):,} MACs")
+    print(f"latency: {e['median']:.3f} ms end to end on {lat.backend} {lat.device} "
+          f"({env.get('cpu', '?')}, {lat.threads} threads)")
+    print(f"method: {_profile_method(lat)}")
+    if lat.fused:
+        shown = [f"{k} = {' + '.join(v)}" for k, v in lat.fused.items() if len(v) > 1]
+        if shown:
+            more = f" (+{len(shown) - 5} more)" if len(shown) > 5 else ""
+            print(f"fused kernels (time shared by FLOPs): {'; '.join(shown[:5])}{more}")
+    if RUNTIME_KEY in per_layer:
+        print(f"{RUNTIME_KEY}: time outside any layer: {', '.join(sorted(lat.runtime_nodes))}")
+    if lat.eliminated:
+        print(f"removed by the runtime's optimizer (0 ms): {', '.join(lat.eliminated[:8])}"
+              + (f" (+{len(lat.eliminated) - 8} more)" if len(lat.eliminated) > 8 else ""))
+    if st.uncounted_ops:
+        print("MACs not counted for: " + ", ".join(f"{u['op_type']} ×{u['count']}" for u in st.uncounted_ops))
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "inspect": (cmd_inspect, "print the layer graph: names, ops, output shapes, params, weight bytes"),
+    "profile": (cmd_profile, "count MACs and measure latency, end to end and per layer"),
+}
+
+# extra arguments of a verb beyond the model arguments every verb takes
+VERB_ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "profile": _add_profile_args,
 }
 
 
@@ -126,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_fn, help_) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
         _add_model_args(sp)
+        if name in VERB_ARGS:
+            VERB_ARGS[name](sp)
         sp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     gui = sub.add_parser("gui", help="start the GUI (the default with no verb)")
     gui.add_argument("model", nargs="?", help="a model to open (default: the demo CNN)")
@@ -160,3 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Cancelled):
         print(f"effstudio {args.verb}: cancelled", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`effstudio inspect … | head`): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

@@ -1,0 +1,107 @@
+"""Timing loops and the statistics reported for them (median, p10, p90, coefficient of variation)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from effstudio.core.progress import Progress
+
+DEFAULT_BUDGET_S = 2.0
+MIN_RUNS = 10  # with the default budget, keep running past it until this many runs
+MAX_RUNS = 1000
+SLOW_STOP_FACTOR = 5.0  # a model too slow for MIN_RUNS stops after this × budget (with ≥ 3 runs)
+WARMUP_RUNS = 3
+WARMUP_MAX_S = 2.0
+
+
+def summarize(times_ms: Sequence[float]) -> dict[str, float]:
+    """``{"median", "p10", "p90", "cv", "runs"}`` of a list of run times in milliseconds.
+
+    Percentiles interpolate linearly (numpy's default); ``cv`` is the sample standard deviation
+    (ddof=1) over the mean, 0 for a single run.
+    """
+    if not len(times_ms):
+        raise ValueError("no timings to summarize")
+    a = np.asarray(times_ms, dtype=np.float64)
+    mean = float(a.mean())
+    std = float(a.std(ddof=1)) if a.size > 1 else 0.0
+    return {
+        "median": float(np.median(a)),
+        "p10": float(np.percentile(a, 10)),
+        "p90": float(np.percentile(a, 90)),
+        "cv": std / mean if mean > 0 else 0.0,
+        "runs": int(a.size),
+    }
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How many timed runs to make: a fixed count, or until a time budget is spent."""
+
+    runs: int | None = None
+    budget_s: float | None = None
+
+    @classmethod
+    def make(cls, runs: int | None, budget_s: float | None) -> RunPlan:
+        if runs is not None and runs < 1:
+            raise ValueError(f"runs must be at least 1, got {runs}")
+        if budget_s is not None and budget_s <= 0:
+            raise ValueError(f"budget must be positive, got {budget_s}")
+        if runs is None and budget_s is None:
+            budget_s = DEFAULT_BUDGET_S
+        return cls(runs, budget_s)
+
+    def done(self, n: int, elapsed_s: float) -> bool:
+        if self.runs is not None:
+            return n >= self.runs
+        assert self.budget_s is not None
+        if n >= MAX_RUNS:
+            return True
+        if elapsed_s >= self.budget_s and n >= MIN_RUNS:
+            return True
+        return elapsed_s >= SLOW_STOP_FACTOR * self.budget_s and n >= 3
+
+    def fraction(self, n: int, elapsed_s: float) -> float:
+        if self.runs is not None:
+            return n / self.runs
+        assert self.budget_s is not None
+        return min(1.0, max(n / MAX_RUNS, elapsed_s / self.budget_s * min(1.0, n / MIN_RUNS)))
+
+
+def warm_up(fn: Callable[[], object], progress: Progress, message: str) -> int:
+    """A few untimed runs (allocations, lazy init, caches), at most ~``WARMUP_MAX_S``; how many ran."""
+    start = time.perf_counter()
+    n = 0
+    while n < WARMUP_RUNS:
+        progress.update(None, message)
+        fn()
+        n += 1
+        if time.perf_counter() - start > WARMUP_MAX_S:
+            break
+    return n
+
+
+def time_runs(fn: Callable[[], object], plan: RunPlan, progress: Progress, message: str,
+              sync: Callable[[], None] | None = None) -> list[float]:
+    """Call ``fn`` until ``plan`` is met; the wall time of each call in ms.
+
+    ``sync`` (e.g. ``torch.cuda.synchronize``) is called before the clock stops so that
+    asynchronous devices are timed to completion.  ``progress.update`` is called per run and
+    raises :class:`~effstudio.core.progress.Cancelled` when the caller cancelled.
+    """
+    times: list[float] = []
+    start = time.perf_counter()
+    while True:
+        elapsed = time.perf_counter() - start
+        if plan.done(len(times), elapsed):
+            return times
+        progress.update(plan.fraction(len(times), elapsed), f"{message} (run {len(times) + 1})")
+        t0 = time.perf_counter_ns()
+        fn()
+        if sync is not None:
+            sync()
+        times.append((time.perf_counter_ns() - t0) / 1e6)
