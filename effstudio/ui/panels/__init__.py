@@ -1,0 +1,1 @@
+"""Feature panels of the main window, one file each."""

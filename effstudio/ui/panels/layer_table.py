@@ -1,0 +1,309 @@
+"""The layer table: one row per layer with its shapes and numbers; sortable, filterable, synced
+with the shared :class:`~effstudio.ui.selection.SelectionModel`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QItemSelection,
+    QItemSelectionModel,
+    QModelIndex,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+)
+from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLineEdit, QTableView, QVBoxLayout, QWidget
+
+from effstudio.core.graph import Layer, LayerGraph
+from effstudio.core.metrics.table import METRICS, MetricsTable
+from effstudio.ui import numbers
+from effstudio.ui.selection import SelectionModel
+
+SORT_ROLE = Qt.ItemDataRole.UserRole + 1  # raw number (or None = unknown) for sorting
+NAME_ROLE = Qt.ItemDataRole.UserRole + 2  # the layer's name
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    numeric: bool
+    tip: str = ""
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("name", "Layer", False, "qualified layer name"),
+    Column("op", "Op", False, "operator type"),
+    Column("scope", "Scope", False, "module scope"),
+    Column("shape", "Output shape", False, "shape of the (first) output tensor"),
+    *(Column(k, METRICS[k].label, True, METRICS[k].help)
+      for k in ("params", "weight_bytes", "macs", "flops", "activation_bytes", "latency_ms")),
+    Column("latency_share", "Latency share", True, "share of the summed per-layer latency"),
+)
+COLUMN_INDEX = {c.key: i for i, c in enumerate(COLUMNS)}
+
+
+class LayerTableModel(QAbstractTableModel):
+    """Rows = ``graph.layers``; numbers from the :class:`MetricsTable` (missing = unknown)."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._graph: LayerGraph | None = None
+        self._layers: list[Layer] = []
+        self._metrics = MetricsTable()
+        self._latency_total = 0.0
+        self._row_of: dict[str, int] = {}
+
+    def set_graph(self, graph: LayerGraph | None) -> None:
+        self.beginResetModel()
+        self._graph = graph
+        self._layers = list(graph.layers) if graph is not None else []
+        self._row_of = {lay.name: i for i, lay in enumerate(self._layers)}
+        self._metrics = MetricsTable()
+        self.endResetModel()
+
+    def set_metrics(self, metrics: MetricsTable) -> None:
+        self._metrics = metrics
+        self._latency_total = sum(metrics.column("latency_ms").values())
+        if self._layers:
+            self.dataChanged.emit(self.index(0, 0), self.index(len(self._layers) - 1, len(COLUMNS) - 1))
+
+    def row_of(self, name: str) -> int | None:
+        return self._row_of.get(name)
+
+    def name_at(self, row: int) -> str:
+        return self._layers[row].name
+
+    # --- Qt model API -----------------------------------------------------------------------
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._layers)
+
+    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
+        if orientation != Qt.Orientation.Horizontal:
+            return None
+        col = COLUMNS[section]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return col.header
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return col.tip
+        return None
+
+    def raw(self, layer: Layer, key: str) -> Any:
+        """The value of one cell: a string, a number, or None (unknown)."""
+        if key == "name":
+            return layer.name
+        if key == "op":
+            return layer.op_type
+        if key == "scope":
+            return layer.scope
+        if key == "shape":
+            shapes = self._graph.output_shapes(layer) if self._graph is not None else []
+            return ", ".join(numbers.shape(s) for s in shapes)
+        if key == "latency_share":
+            v = self._metrics.get("latency_ms", layer.name)
+            return None if v is None or self._latency_total <= 0 else v / self._latency_total
+        return self._metrics.get(key, layer.name)
+
+    def display(self, layer: Layer, key: str) -> str:
+        v = self.raw(layer, key)
+        if key == "latency_share":
+            return numbers.percent(v)
+        if key in METRICS:
+            if v is None:
+                return numbers.UNKNOWN
+            return f"{int(v):,}" if key == "params" else numbers.by_unit(v, METRICS[key].unit)
+        return str(v)
+
+    def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        layer = self._layers[index.row()]
+        col = COLUMNS[index.column()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self.display(layer, col.key)
+        if role == SORT_ROLE:
+            return self.raw(layer, col.key)
+        if role == NAME_ROLE:
+            return layer.name
+        if role == Qt.ItemDataRole.TextAlignmentRole and col.numeric:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if col.numeric and self.raw(layer, col.key) is None:
+                note = self._metrics.notes.get(col.key, "")
+                return f"unknown for {layer.op_type}" + (f" ({note})" if note else "")
+            if col.key == "name":
+                return layer.name
+        return None
+
+
+class LayerFilterProxy(QSortFilterProxyModel):
+    """Sorts by raw numbers with unknown values last in either order; filters by a regex on name/op."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setSortRole(SORT_ROLE)
+        self._regex: re.Pattern[str] | None = None
+
+    def set_pattern(self, text: str) -> bool:
+        """Filter rows by a case-insensitive regex on name or op; False if ``text`` is not a regex."""
+        try:
+            regex = re.compile(text, re.IGNORECASE) if text else None
+        except re.error:
+            return False
+        if hasattr(self, "beginFilterChange"):  # Qt >= 6.9; invalidateRowsFilter is deprecated there
+            self.beginFilterChange()
+            self._regex = regex
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:
+            self._regex = regex
+            self.invalidateRowsFilter()
+        return True
+
+    def filterAcceptsRow(self, source_row: int, source_parent) -> bool:
+        if self._regex is None:
+            return True
+        model = self.sourceModel()
+        name = model.index(source_row, COLUMN_INDEX["name"], source_parent).data()
+        op = model.index(source_row, COLUMN_INDEX["op"], source_parent).data()
+        return bool(self._regex.search(name or "") or self._regex.search(op or ""))
+
+    def lessThan(self, left, right) -> bool:
+        a, b = left.data(SORT_ROLE), right.data(SORT_ROLE)
+        if a is None or b is None:
+            descending = self.sortOrder() == Qt.SortOrder.DescendingOrder
+            if a is None and b is None:
+                return (left.row() < right.row()) != descending
+            # unknown last: in ascending order unknown is "largest", in descending "smallest"
+            return (a is None) == descending
+        if isinstance(a, str) or isinstance(b, str):
+            a, b = str(a).lower(), str(b).lower()
+        if a == b:  # ties keep graph order in either direction
+            return (left.row() < right.row()) != (self.sortOrder() == Qt.SortOrder.DescendingOrder)
+        return a < b
+
+
+class LayerTablePanel(QWidget):
+    """Filter box + table.  Selecting rows sets the shared selection; the selection scrolls the table."""
+
+    def __init__(self, selection: SelectionModel, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.selection = selection
+        self.model = LayerTableModel(self)
+        self.proxy = LayerFilterProxy(self)
+        self.proxy.setSourceModel(self.model)
+        self.filter_edit = QLineEdit(self)
+        self.filter_edit.setPlaceholderText("Filter layers by name or op (regex)")
+        self.filter_edit.setClearButtonEnabled(True)
+        self.filter_edit.textChanged.connect(self.set_filter)
+        self.view = QTableView(self)
+        self.view.setObjectName("layer_table")
+        self.view.setModel(self.proxy)
+        self.view.setSortingEnabled(True)
+        self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.view.setAlternatingRowColors(True)
+        self.view.setWordWrap(False)
+        self.view.verticalHeader().setVisible(False)
+        self.view.verticalHeader().setDefaultSectionSize(22)
+        header = self.view.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        header.setStretchLastSection(True)
+        header.setHighlightSections(False)
+        header.setResizeContentsPrecision(200)  # size columns from 200 rows, not all of a big model
+        self.view.selectionModel().selectionChanged.connect(self._on_view_selection_changed)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.setSpacing(2)
+        layout.addWidget(self.filter_edit)
+        layout.addWidget(self.view)
+        self._syncing = False
+        selection.sig_changed.connect(self._on_selection_changed)
+        selection.sig_current_changed.connect(self._on_current_changed)
+
+    # --- inputs -----------------------------------------------------------------------------
+    def set_graph(self, graph: LayerGraph | None) -> None:
+        self.model.set_graph(graph)
+        self._apply_selection(self.selection.names)
+        self._size_columns()
+
+    def set_metrics(self, metrics: MetricsTable) -> None:
+        self.model.set_metrics(metrics)
+        self.proxy.invalidate()
+        self._size_columns()
+
+    def _size_columns(self) -> None:
+        self.view.resizeColumnsToContents()
+        for key, widest in (("name", 320), ("scope", 180)):
+            col = COLUMN_INDEX[key]
+            self.view.setColumnWidth(col, min(self.view.columnWidth(col), widest))
+
+    def sort_by(self, key: str, descending: bool = True) -> None:
+        if key in COLUMN_INDEX:
+            order = Qt.SortOrder.DescendingOrder if descending else Qt.SortOrder.AscendingOrder
+            self.view.sortByColumn(COLUMN_INDEX[key], order)
+
+    def set_filter(self, text: str) -> None:
+        if self.filter_edit.text() != text:
+            self.filter_edit.setText(text)  # calls back here through textChanged
+            return
+        ok = self.proxy.set_pattern(text)
+        self.filter_edit.setStyleSheet("" if ok else "QLineEdit { color: #c0392b; }")
+
+    # --- helpers for tests and other panels ---------------------------------------------------
+    def visible_names(self) -> list[str]:
+        """Layer names in the order the table shows them."""
+        return [self.proxy.index(r, 0).data(NAME_ROLE) for r in range(self.proxy.rowCount())]
+
+    def selected_names(self) -> set[str]:
+        return {i.data(NAME_ROLE) for i in self.view.selectionModel().selectedRows()}
+
+    # --- selection sync ---------------------------------------------------------------------
+    def _on_view_selection_changed(self, *_args) -> None:
+        if self._syncing:
+            return
+        names = self.selected_names()
+        current = self.view.currentIndex()
+        cur = current.data(NAME_ROLE) if current.isValid() else None
+        self.selection.set(names, source=self, current=cur if cur in names else None)
+
+    def _on_selection_changed(self, names: frozenset[str], source: object) -> None:
+        if source is not self:
+            self._apply_selection(names)
+
+    def _apply_selection(self, names: frozenset[str]) -> None:
+        sel = QItemSelection()
+        last = self.proxy.columnCount() - 1
+        for name in names:
+            row = self.model.row_of(name)
+            if row is None:
+                continue
+            p = self.proxy.mapFromSource(self.model.index(row, 0))
+            if p.isValid():
+                sel.select(p, self.proxy.index(p.row(), last))
+        self._syncing = True
+        try:
+            self.view.selectionModel().select(sel, QItemSelectionModel.SelectionFlag.ClearAndSelect)
+        finally:
+            self._syncing = False
+
+    def _on_current_changed(self, name: str | None) -> None:
+        row = self.model.row_of(name) if name else None
+        if row is None:
+            return
+        p = self.proxy.mapFromSource(self.model.index(row, 0))
+        if p.isValid():
+            self._syncing = True
+            try:
+                self.view.selectionModel().setCurrentIndex(p, QItemSelectionModel.SelectionFlag.NoUpdate)
+            finally:
+                self._syncing = False
+            self.view.scrollTo(p, QAbstractItemView.ScrollHint.EnsureVisible)
+
+

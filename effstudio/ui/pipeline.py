@@ -1,0 +1,71 @@
+"""The background work behind opening a model, as plain functions (Qt-free).
+
+``open_and_profile`` loads a model, counts its static numbers and publishes them (the window
+shows them at once), then measures latency and returns that table.  They run in a worker via
+``ui/workers.py``; ``publish`` and ``progress`` are given by the worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from effstudio.core.inputs import InputSpec
+from effstudio.core.metrics.table import MetricsTable
+from effstudio.core.model import LoadedModel
+from effstudio.core.progress import Progress
+
+
+@dataclass
+class Opened:
+    """A loaded model with its static numbers (published before latency is measured)."""
+
+    spec: str
+    loaded: LoadedModel
+    metrics: MetricsTable
+
+
+@dataclass
+class Measured:
+    """Measured latency: the per-layer table and the core's result (end-to-end median, spread)."""
+
+    metrics: MetricsTable
+    result: Any
+
+
+def static_metrics(loaded: LoadedModel, progress: Progress) -> MetricsTable:
+    from effstudio.core.metrics.static import compute_static
+
+    return compute_static(loaded, progress)
+
+
+def measure(loaded: LoadedModel, progress: Progress) -> Measured:
+    """Time ``loaded`` on this machine (the core's defaults: warm-up, repeats, median)."""
+    from effstudio.core.latency import latency_metrics, measure_latency
+
+    result = measure_latency(loaded, progress=progress)
+    return Measured(latency_metrics(result, loaded.graph), result)
+
+
+def open_and_profile(
+    spec: str,
+    *,
+    trust: bool = False,
+    inputs: dict[str, InputSpec] | None = None,
+    latency: bool = True,
+    progress: Progress,
+    publish: Callable[[object], None],
+) -> Measured | None:
+    """Load ``spec``, publish :class:`Opened` (static numbers), then return :class:`Measured`."""
+    from effstudio.core.loaders import open_model
+
+    progress.update(0.0, f"opening {spec}")
+    loaded = open_model(spec, inputs=inputs, trust=trust, progress=progress.sub(0.0, 0.45))
+    progress.update(0.45, "counting parameters and MACs")
+    table = static_metrics(loaded, progress.sub(0.45, 0.55))
+    publish(Opened(spec, loaded, table))
+    if not latency:
+        return None
+    progress.update(0.55, "measuring latency")
+    return measure(loaded, progress.sub(0.55, 1.0))
