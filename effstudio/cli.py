@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     gui = sub.add_parser("gui", help="start the GUI (the default with no verb)")
     gui.add_argument("model", nargs="?", help="a model to open (default: the demo CNN)")
+    gui.add_argument("--input", action="append", metavar="NAME=DIMS[:DTYPE]", help="shape of an input")
+    gui.add_argument("--trust", action="store_true", help="allow unpickling a whole-model .pt file")
     return p
 
 
@@ -235,9 +237,17 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["gui"]
         args = parser.parse_args(argv)
     if args.verb == "gui":
+        from effstudio.core.errors import EffstudioError
+        from effstudio.core.inputs import parse_input_specs
+
+        try:
+            inputs = parse_input_specs(args.input)
+        except EffstudioError as e:
+            print(f"effstudio: {e}", file=sys.stderr)
+            return 2
         from effstudio.ui.app import run_app
 
-        return run_app(args.model)
+        return run_app(args.model, trust=args.trust, inputs=inputs)
     from effstudio.core.errors import EffstudioError
     from effstudio.core.progress import Cancelled
 

@@ -29,7 +29,8 @@ def configure_application(app: QCoreApplication) -> None:
     app.setApplicationVersion(__version__)
 
 
-def create_window(model: str | None = DEFAULT_MODEL):
+def create_window(model: str | None = DEFAULT_MODEL, *, trust: bool = False,
+                  inputs: dict | None = None):
     """The main window, shown, with ``model`` opening in the background (None: open nothing)."""
     from effstudio.ui import theme
     from effstudio.ui.main_window import MainWindow
@@ -41,7 +42,7 @@ def create_window(model: str | None = DEFAULT_MODEL):
     window = MainWindow()
     window.show()
     if model:
-        window.open_spec(model)
+        window.open_spec(model, trust=trust, inputs=inputs)
     return window
 
 
@@ -83,11 +84,14 @@ def _install_screenshot(window, path: str, after: str) -> None:
     window.session.sig_load_failed.connect(failed)
 
 
-def run_app(model: str | None = None) -> int:
-    """Run the GUI on ``model`` (a path, ``demo:NAME`` or ``pkg.module:factory``; default the demo CNN)."""
+def run_app(model: str | None = None, *, trust: bool = False, inputs: dict | None = None) -> int:
+    """Run the GUI on ``model`` (a path, ``demo:NAME`` or ``pkg.module:factory``; default the demo CNN).
+
+    ``trust`` and ``inputs`` (name -> InputSpec) are the CLI's ``--trust`` and ``--input``.
+    """
     app = QApplication.instance() or QApplication(sys.argv[:1])
     configure_application(app)
-    window = create_window(model or DEFAULT_MODEL)
+    window = create_window(model or DEFAULT_MODEL, trust=trust, inputs=inputs)
     shot = os.environ.get(SCREENSHOT_ENV)
     if shot:
         _install_screenshot(window, shot, os.environ.get(SCREENSHOT_AFTER_ENV, "static"))
