@@ -3,6 +3,7 @@
     effstudio [MODEL]                      start the GUI (on the demo CNN without MODEL)
     effstudio inspect MODEL [--json]       the layer graph: names, ops, shapes, params, bytes
     effstudio profile MODEL [--json]       per-layer MACs and measured latency, end-to-end stats
+    effstudio compress MODEL --step … -o OUT  apply compression steps, write the model and its recipe
 
 Errors in the user's input print one line on stderr and exit 2 (``--debug`` for a traceback).
 Progress goes to stderr; stdout carries only the result.
@@ -17,8 +18,10 @@ import sys
 from collections.abc import Callable
 
 from effstudio import __version__
+from effstudio.cli_compress import HELP as COMPRESS_HELP
+from effstudio.cli_compress import add_compress_args, cmd_compress
 
-VERBS = ("inspect", "profile")
+VERBS = ("inspect", "profile", "compress")
 
 
 class ConsoleProgress:
@@ -196,11 +199,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "inspect": (cmd_inspect, "print the layer graph: names, ops, output shapes, params, weight bytes"),
     "profile": (cmd_profile, "count MACs and measure latency, end to end and per layer"),
+    "compress": (cmd_compress, COMPRESS_HELP),
 }
 
 # extra arguments of a verb beyond the model arguments every verb takes
 VERB_ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "profile": _add_profile_args,
+    "compress": add_compress_args,
 }
 
 

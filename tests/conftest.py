@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before anything imports Qt
 
@@ -18,9 +19,15 @@ LEAK_WAIT_S = 1.5  # how long background work may take to wind down after a test
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    """Tests never write into the user's cache folder (``effstudio.core.paths.cache_dir``)."""
-    if "EFFSTUDIO_CACHE_DIR" not in os.environ:
-        os.environ["EFFSTUDIO_CACHE_DIR"] = str(tmp_path_factory.mktemp("effstudio-cache"))
+    """Tests never write into the user's cache or data folders.
+
+    The cache (demo exports, keyed by weights hash and torch version) lives in the checkout's
+    ``.test-cache/`` so repeated local runs reuse it; a fresh clone (CI) starts empty.  The
+    session store gets a new temporary folder every run.
+    """
+    repo = Path(__file__).resolve().parent.parent
+    os.environ.setdefault("EFFSTUDIO_CACHE_DIR", str(repo / ".test-cache"))
+    os.environ.setdefault("EFFSTUDIO_DATA_DIR", str(tmp_path_factory.mktemp("effstudio-data")))
     yield
 
 
