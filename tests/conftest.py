@@ -84,3 +84,17 @@ def _no_leaked_background_work(request: pytest.FixtureRequest):
     problems = find_leaks(before)
     if problems:
         pytest.fail("test left background work running: " + "; ".join(problems), pytrace=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` need CUDA: skip them (with the reason) on machines without it."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+    for item in gpu_items:
+        item.add_marker(skip)
