@@ -131,6 +131,13 @@ def _count(n: Any) -> str:
     return "?" if n is None else f"{int(n):,}"
 
 
+def _macs(totals: dict) -> str:
+    """The MAC total, marked as a lower bound when some layers could not be counted."""
+    n = totals.get("uncounted_layers") or 0
+    text = _count(totals.get("macs"))
+    return f"≥ {text} ({n} layer(s) uncounted)" if n else text
+
+
 def _ratio(a: Any, b: Any) -> str:
     if a is None or b is None or not b:
         return ""
@@ -181,7 +188,7 @@ def print_report(session, out_files: list[str], recipe_path: str) -> None:
          _ratio(ta.get("weight_bytes"), tb.get("weight_bytes"))],
         ["zipped weights", _bytes(tb.get("compressed_weight_bytes")), _bytes(ta.get("compressed_weight_bytes")),
          _ratio(ta.get("compressed_weight_bytes"), tb.get("compressed_weight_bytes"))],
-        ["MACs", _count(tb.get("macs")), _count(ta.get("macs")), _ratio(ta.get("macs"), tb.get("macs"))],
+        ["MACs", _macs(tb), _macs(ta), _ratio(ta.get("macs"), tb.get("macs"))],
     ]
     lb, la = b.get("latency"), a.get("latency")
     if lb and la:
@@ -230,7 +237,7 @@ def print_report(session, out_files: list[str], recipe_path: str) -> None:
 def cmd_compress(args: argparse.Namespace) -> int:
     from effstudio.cli import ConsoleProgress, _open
     from effstudio.core.compress.base import CompressError
-    from effstudio.core.compress.modelfile import model_suffix, save_model_file
+    from effstudio.core.compress.modelfile import TORCH_SUFFIXES, model_suffix, save_model_file
     from effstudio.core.compress.recipe import load_recipe, save_recipe
     from effstudio.core.compress.session import Session
     from effstudio.core.compress.store import ModelIdentity
@@ -245,10 +252,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
     bar = ConsoleProgress()
     try:
         loaded = _open(args, bar)
-        want = model_suffix(loaded)
-        if out.suffix.lower() != want:
-            kind = "an ONNX" if want == ".onnx" else "a torch"
-            raise CompressError(f"-o {out}: {args.model} is {kind} model, written as {want}; name the output *{want}")
+        want = (".onnx",) if model_suffix(loaded) == ".onnx" else TORCH_SUFFIXES
+        if out.suffix.lower() not in want:
+            kind = "an ONNX" if want == (".onnx",) else "a torch"
+            raise CompressError(f"-o {out}: {args.model} is {kind} model, written as "
+                                f"{' or '.join(want)}; name the output *{want[0]}")
         if recipe is not None and recipe.model.get("sha256"):
             ident = ModelIdentity.of(loaded, args.model)
             if ident.sha256 and ident.sha256 != recipe.model["sha256"]:

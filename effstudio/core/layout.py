@@ -160,6 +160,42 @@ def layer_label(name: str, scope: str) -> str:
 
 Child = tuple[str, str]  # ("L", layer name) | ("S", scope)
 
+# A graph with more top-level layers than this (an export without scope metadata) is shown in
+# synthetic groups of consecutive layers ("layers 1–40"), nested RUN_FANOUT to a level, so that it
+# opens collapsed like a scoped model instead of as one huge Sugiyama layout (seconds at 10k).
+FLAT_LIMIT = 400
+RUN_SIZE = 40
+RUN_FANOUT = 10
+
+
+def run_scopes(graph: LayerGraph) -> dict[str, str]:
+    """Synthetic scopes for the top-level layers of a graph that has too many of them (see
+    :data:`FLAT_LIMIT`): runs of :data:`RUN_SIZE` consecutive top-level layers (graph order is
+    topological, so a run is a stretch of the network), grouped again by :data:`RUN_FANOUT` until
+    few enough remain.  Layer name -> scope path; empty when the graph needs none."""
+    top = [lay.name for lay in graph.layers if not lay.scope]
+    if len(top) <= FLAT_LIMIT:
+        return {}
+    # level 0: runs of layers; each further level: runs of the level below
+    spans = [(i, min(i + RUN_SIZE, len(top))) for i in range(0, len(top), RUN_SIZE)]
+    levels = [spans]
+    while len(levels[-1]) > RUN_FANOUT * 4:
+        below = levels[-1]
+        levels.append([(below[i][0], below[min(i + RUN_FANOUT, len(below)) - 1][1])
+                       for i in range(0, len(below), RUN_FANOUT)])
+    taken = {lay.scope for lay in graph.layers} | {lay.name for lay in graph.layers}
+
+    def name(lo: int, hi: int) -> str:
+        label = f"layers {lo + 1}–{hi}"
+        return label if label not in taken else f"{label} (group)"
+
+    names = [[name(lo, hi) for lo, hi in level] for level in levels]
+    out: dict[str, str] = {}
+    for k, lay_name in enumerate(top):
+        run = k // RUN_SIZE
+        out[lay_name] = ".".join(names[j][run // RUN_FANOUT ** j] for j in range(len(levels) - 1, -1, -1))
+    return out
+
 
 class ScopeTree:
     """The scopes shown as boxes, their children, and which edges belong to which scope.
@@ -178,11 +214,14 @@ class ScopeTree:
         raw_direct: dict[str, int] = {}
         layer_parts: dict[str, tuple[str, ...]] = {}
         prefixes: dict[str, tuple[tuple[str, ...], list[str]]] = {}  # memo: scope -> parts, paths
+        synthetic = run_scopes(graph)
+        self.synthetic: frozenset[str] = frozenset(s for sc in synthetic.values() for s in scope_ancestors(sc))
         for lay in graph.layers:
-            memo = prefixes.get(lay.scope)
+            scope = synthetic.get(lay.name, lay.scope)
+            memo = prefixes.get(scope)
             if memo is None:
-                parts = _parts(lay.scope)
-                memo = prefixes[lay.scope] = (parts, [_join(parts[: i + 1]) for i in range(len(parts))])
+                parts = _parts(scope)
+                memo = prefixes[scope] = (parts, [_join(parts[: i + 1]) for i in range(len(parts))])
             parts, paths = memo
             layer_parts[lay.name] = parts
             key = paths[-1] if paths else ""

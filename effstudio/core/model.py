@@ -17,6 +17,10 @@ class LoadedModel:
       came from, with external data resolved relative to it), run by onnxruntime;
     - ``torch_module``: an ``nn.Module`` in eval mode (for ``.pt2`` it is
       ``ExportedProgram.module()``; ``exported`` keeps the ExportedProgram), run by torch.
+    ``onnx_file_stamp`` (set by the ONNX loader when ``onnx_model`` is exactly what ``onnx_path``
+    holds: no node renamed) is the files' (path, size, mtime); onnxruntime then loads the file
+    itself instead of a serialized copy while the stamp still matches.  Code that edits
+    ``onnx_model`` in place must set it to None.
     ``example_inputs`` maps input name -> numpy array with the graph's concrete input shapes
     (random data of the right dtype; token ids in range), used for shape tracing and profiling.
     """
@@ -26,6 +30,7 @@ class LoadedModel:
     path: str
     onnx_model: Any = None
     onnx_path: str | None = None
+    onnx_file_stamp: tuple | None = None
     torch_module: Any = None
     exported: Any = None
     example_inputs: dict[str, Any] = field(default_factory=dict)

@@ -122,6 +122,9 @@ class MainWindow(QMainWindow):
         s.sig_progress.connect(self.status.set_progress)
         s.sig_busy_changed.connect(self._on_busy_changed)
         self.status.sig_cancel.connect(self.cancel_tasks)
+        if self.graph_view is not None:  # a load waits for the first drawing of its graph
+            s.wait_for_draw = True
+            self.graph_view.sig_layout_ready.connect(self._on_graph_drawn)
         self.selection.sig_changed.connect(lambda _n, _s: self._update_enablement())
 
         self.resize(1400, 880)
@@ -305,8 +308,8 @@ class MainWindow(QMainWindow):
                 message = str(e)
 
     # --- model -> views ---------------------------------------------------------------------
-    def _on_model_changed(self, graph: LayerGraph) -> None:
-        keep = [n for n in self.selection.names if n in graph]
+    def _on_model_changed(self, graph: LayerGraph | None) -> None:
+        keep = [n for n in self.selection.names if graph is not None and n in graph]
         self.selection.set(keep, source=None)
         for panel in (self.table, self.chart, self.properties, self.module_tree):
             panel.set_graph(graph)
@@ -315,10 +318,18 @@ class MainWindow(QMainWindow):
         self._update_enablement()
 
     def _on_metrics_changed(self, metrics: MetricsTable) -> None:
-        for panel in (self.table, self.chart, self.properties, self.module_tree):
+        for panel in (self.table, self.properties, self.module_tree):  # the chart: in _apply_metric
             panel.set_metrics(metrics)
         self.status.set_model(self.session.graph, metrics)
         self._apply_metric()
+        self._on_graph_drawn()
+
+    def _on_graph_drawn(self) -> None:
+        """Tell a waiting load that its graph is on screen, laid out and colored."""
+        view = self.graph_view
+        if view is not None and view.graph() is self.session.graph and view.layout_ready \
+                and self.session.metrics.values:
+            self.session.graph_drawn()
 
     def set_metric(self, key: str) -> None:
         """Color, sort and chart by metric ``key`` (a :data:`METRICS` key)."""
@@ -340,8 +351,7 @@ class MainWindow(QMainWindow):
         info = METRICS[key]
         log = self.actions_by_id["log_scale"].isChecked()
         self.table.sort_by(key, descending=True)
-        self.chart.set_metric(key)
-        self.chart.set_log(log)
+        self.chart.set_view(key, log, self.session.metrics)
         if self.graph_view is not None:
             values = self.session.metrics.column(key)
             self.graph_view.set_metric(dict(values), info.label, info.unit, log=log)

@@ -1,20 +1,26 @@
 """The background work behind opening a model, as plain functions (Qt-free).
 
 ``open_and_profile`` loads a model, counts its static numbers and publishes them (the window
-shows them at once), then measures latency and returns that table.  They run in a worker via
+shows them at once; for ONNX as soon as the layer graph exists, before the large weights are
+read), then measures latency and returns that table.  They run in a worker via
 ``ui/workers.py``; ``publish`` and ``progress`` are given by the worker.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from effstudio.core.graph import LayerGraph
 from effstudio.core.inputs import InputSpec
 from effstudio.core.metrics.table import MetricsTable
 from effstudio.core.model import LoadedModel
 from effstudio.core.progress import Progress
+
+DRAW_WAIT_S = 3.0  # longest a load waits for the GUI to draw the graph it published
 
 
 @dataclass
@@ -24,6 +30,19 @@ class Opened:
     spec: str
     loaded: LoadedModel
     metrics: MetricsTable
+
+
+@dataclass
+class GraphShown:
+    """A new model's layer graph and static numbers, published before its weights are all read
+    (the ONNX loader's ``on_graph``); :class:`Opened` with the same graph and table follows."""
+
+    spec: str
+    graph: LayerGraph
+    metrics: MetricsTable
+    # set by the GUI once the graph is drawn; the worker waits for it (up to DRAW_WAIT_S) before
+    # it reads the weights, so the first drawing does not compete with it for the GIL
+    drawn: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -61,9 +80,23 @@ def open_and_profile(
     from effstudio.core.loaders import open_model
 
     progress.update(0.0, f"opening {spec}")
-    loaded = open_model(spec, inputs=inputs, trust=trust, progress=progress.sub(0.0, 0.45))
-    progress.update(0.45, "counting parameters and MACs")
-    table = static_metrics(loaded, progress.sub(0.45, 0.55))
+    early: dict[str, Any] = {}
+
+    def on_graph(partial: LoadedModel) -> None:  # the graph exists, the large weights are not read yet
+        early["table"] = table = static_metrics(partial, progress.sub(0.22, 0.23))
+        early["graph"] = partial.graph
+        shown = GraphShown(spec, partial.graph, table)
+        publish(shown)
+        deadline = time.monotonic() + DRAW_WAIT_S
+        while not shown.drawn.wait(0.05) and time.monotonic() < deadline:
+            progress.check()
+
+    loaded = open_model(spec, inputs=inputs, trust=trust, progress=progress.sub(0.0, 0.45), on_graph=on_graph)
+    if early.get("graph") is loaded.graph:
+        table = early["table"]
+    else:
+        progress.update(0.45, "counting parameters and MACs")
+        table = static_metrics(loaded, progress.sub(0.45, 0.55))
     publish(Opened(spec, loaded, table))
     if not latency:
         return None

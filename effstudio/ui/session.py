@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 
 from effstudio.core.errors import InputShapeError, UntrustedPickleError
 from effstudio.core.graph import LayerGraph
@@ -43,6 +43,10 @@ class ModelSession(QObject):
         self._measure_fn = measure_fn
         self.spec: str | None = None
         self.loaded: LoadedModel | None = None
+        self._preview_graph: LayerGraph | None = None  # see _on_graph_shown
+        self._preview_task: Task | None = None
+        self._drawn = None  # threading.Event of the graph shown last, until it is drawn
+        self.wait_for_draw = False  # True: a view calls graph_drawn() when it has drawn a new graph
         self.metrics = MetricsTable()
         self.latency_result: object = None
         self.latency_state = "none"  # none | measuring | done | failed | cancelled
@@ -53,6 +57,9 @@ class ModelSession(QObject):
 
     @property
     def graph(self) -> LayerGraph | None:
+        """The graph on screen: the loaded model's, or a new one shown while its weights load."""
+        if self._preview_graph is not None:
+            return self._preview_graph
         return self.loaded.graph if self.loaded is not None else None
 
     def is_busy(self) -> bool:
@@ -69,28 +76,85 @@ class ModelSession(QObject):
             kwargs["inputs"] = dict(inputs)
         task = self.runner.start(LOAD, self._open_fn, spec, **kwargs)
         task.sig_progress.connect(self.sig_progress)
-        task.sig_partial.connect(lambda opened, t=task: self._on_opened(t, opened))
+        task.sig_partial.connect(lambda part, t=task: self._on_partial(t, part))
         task.sig_done.connect(lambda measured, t=task: self._on_measured(t, measured))
         task.sig_failed.connect(lambda msg, _tb, t=task, s=spec: self._on_failed(t, s, msg))
         task.sig_cancelled.connect(lambda t=task, s=spec: self._on_cancelled(t, s))
         return task
 
+    def _on_partial(self, task: Task, part: object) -> None:
+        if isinstance(part, pipeline.GraphShown):
+            self._on_graph_shown(task, part)
+        else:
+            self._on_opened(task, part)  # type: ignore[arg-type]
+
+    def _on_graph_shown(self, task: Task, shown: pipeline.GraphShown) -> None:
+        """The new graph with its static numbers, while its weights are still being read: the
+        views show it; ``loaded`` is None until :class:`~pipeline.Opened` (restored on failure)."""
+        before = self._preview_task
+        if before is not None and getattr(before, "preview", None) is not None:
+            task.preview, before.preview = before.preview, None  # what was there before that one
+        else:
+            task.preview = (self.spec, self.loaded, self.metrics, self.latency_result, self.latency_state)
+        self._preview_task = task
+        self.loaded = None
+        self._preview_graph = shown.graph
+        self.metrics = shown.metrics
+        self.latency_result = None
+        self._drawn = shown.drawn
+        self.sig_model_changed.emit(shown.graph)
+        # the numbers in the next turn of the event loop: two short stops instead of one long one
+        QTimer.singleShot(0, lambda: self._show_preview_metrics(shown))
+
+    def _show_preview_metrics(self, shown: pipeline.GraphShown) -> None:
+        if self._preview_graph is not shown.graph:
+            return  # replaced or dropped meanwhile
+        self.sig_metrics_changed.emit(self.metrics)
+        if not self.wait_for_draw:
+            self.graph_drawn()
+
+    def graph_drawn(self) -> None:
+        """The window drew the graph shown last: the load goes on (it waits for this, see
+        :class:`~effstudio.ui.pipeline.GraphShown`).  Views that draw asynchronously call it
+        when they are done; otherwise it is called once the numbers are shown."""
+        if self._drawn is not None:
+            self._drawn.set()
+            self._drawn = None
+
     def _on_opened(self, task: Task, opened: pipeline.Opened) -> None:
         self._timing_task = task  # this task goes on to measure the new model's latency
         task.opened_shown = True
+        shown = self._preview_graph is opened.loaded.graph and self.metrics is opened.metrics
+        self._preview_graph = None
+        self._preview_task = None
+        task.preview = None
         self.spec = opened.spec
         self.loaded = opened.loaded
         self.metrics = opened.metrics
         self.latency_result = None
-        self.sig_model_changed.emit(opened.loaded.graph)
-        self.sig_metrics_changed.emit(self.metrics)
+        if not shown:  # already on screen from GraphShown otherwise
+            self.sig_model_changed.emit(opened.loaded.graph)
+            self.sig_metrics_changed.emit(self.metrics)
         self.sig_opened.emit(opened.spec)
         self._set_latency_state("measuring", "")
+
+    def _drop_preview(self, task: Task) -> None:
+        """A load that showed its graph failed or was cancelled: show the previous model again."""
+        preview = getattr(task, "preview", None)
+        if preview is None or task is not self._preview_task:
+            return
+        task.preview = None
+        self._preview_task = None
+        self._preview_graph = None
+        self.spec, self.loaded, self.metrics, self.latency_result, self.latency_state = preview
+        self.sig_model_changed.emit(self.graph)
+        self.sig_metrics_changed.emit(self.metrics)
 
     def _on_failed(self, task: Task, spec: str, message: str) -> None:
         if task is self._timing_task:  # the model opened; only timing it failed
             self._set_latency_state("failed", message)
         elif task.kind == LOAD and not getattr(task, "opened_shown", False):
+            self._drop_preview(task)
             kind = "untrusted" if isinstance(task.error, UntrustedPickleError) else \
                 "input_shapes" if isinstance(task.error, InputShapeError) else "error"
             self.sig_load_failed.emit(spec, message, kind)
@@ -99,6 +163,7 @@ class ModelSession(QObject):
         if task is self._timing_task:
             self._set_latency_state("cancelled", "")
         elif task.kind == LOAD and not getattr(task, "opened_shown", False):
+            self._drop_preview(task)
             self.sig_load_cancelled.emit(spec)
 
     # --- latency ----------------------------------------------------------------------------

@@ -377,7 +377,11 @@ def test_half_torch_mlp_subset(dtype):
     sd = res.model.torch_module.state_dict()
     assert sd["layers.0.weight"].dtype == getattr(torch, dtype)
     assert sd["classifier.weight"].dtype == torch.float32
-    assert set(res.extra["renamed"]) == set(selection)
+    # the casts added around each converted module do not rename it: the op reading its weights keeps
+    # the module path, so later steps can select it by the same name
+    assert res.extra["renamed"] == {}
+    for n in selection:
+        assert res.model.graph.layer(n).op_type == "linear"
     check_io_unchanged(parent, res.model)
     sel_bytes = sum(parent.graph.layer(n).weight_bytes for n in selection)
     assert parent.graph.totals()["weight_bytes"] - res.model.graph.totals()["weight_bytes"] == sel_bytes // 2

@@ -8,6 +8,9 @@
   checks the archive first) and runs, profiles and exports like the live model.  What it does
   not give back is the eager ``nn.Module`` a torch technique edits; the session rebuilds that
   by replaying the recipe when it continues from a reloaded version (see ``session``).
+- torch models that ``torch.export`` cannot trace (torch.ao's dynamically quantized Linear/LSTM
+  hold packed parameters it does not know) are written as TorchScript (``.pt``, ``torch.jit.trace``
+  with the version's example inputs), which loads without unpickling code.
 """
 
 from __future__ import annotations
@@ -25,9 +28,31 @@ from effstudio.core.progress import Progress
 EXTERNAL_DATA_ABOVE = 1 << 30
 
 
+TORCH_SUFFIXES = (".pt2", ".pt", ".ts")
+
+
 def model_suffix(loaded: LoadedModel) -> str:
-    """The file suffix a version of this model is stored with."""
+    """The file suffix a version of this model is stored with by default."""
     return ".onnx" if loaded.onnx_model is not None else ".pt2"
+
+
+def _example(loaded: LoadedModel) -> dict:
+    import torch
+
+    return {k: torch.from_numpy(v) for k, v in loaded.example_inputs.items()}
+
+
+def _write_torchscript(loaded: LoadedModel, path: Path) -> None:
+    import torch
+
+    try:
+        with torch.no_grad():
+            traced = torch.jit.trace(loaded.torch_module.eval(), example_kwarg_inputs=_example(loaded),
+                                     check_trace=False)
+        torch.jit.save(traced, str(path))
+    except Exception as e:  # torch raises many kinds here
+        raise CompressError(f"cannot save the torch model as TorchScript: {type(e).__name__}: "
+                            f"{(str(e).strip().splitlines() or [''])[0]}") from e
 
 
 def _onnx_for_saving(model):
@@ -52,9 +77,10 @@ def _onnx_for_saving(model):
     return copy
 
 
-def write_model(loaded: LoadedModel, folder: Path, stem: str = "model") -> list[Path]:
-    """Write ``loaded`` into ``folder`` as ``<stem>.onnx`` (+ ``.data``) or ``<stem>.pt2``;
-    return the files, main file first.  Not atomic by itself: write into a fresh folder."""
+def write_model(loaded: LoadedModel, folder: Path, stem: str = "model", suffix: str | None = None) -> list[Path]:
+    """Write ``loaded`` into ``folder`` as ``<stem>.onnx`` (+ ``.data``), ``<stem>.pt2``, or — for
+    torch models torch.export cannot trace, or when ``suffix`` asks for it — TorchScript
+    ``<stem>.pt``; return the files, main file first.  Not atomic by itself: write into a fresh folder."""
     folder.mkdir(parents=True, exist_ok=True)
     if loaded.onnx_model is not None:
         import onnx
@@ -76,14 +102,22 @@ def write_model(loaded: LoadedModel, folder: Path, stem: str = "model") -> list[
         raise CompressError(f"{loaded.path}: nothing to save (neither ONNX nor torch)")
     import torch
 
+    if suffix in (".pt", ".ts"):
+        path = folder / f"{stem}{suffix}"
+        _write_torchscript(loaded, path)
+        return [path]
     ep = loaded.exported
     if ep is None:
-        example = {k: torch.from_numpy(v) for k, v in loaded.example_inputs.items()}
         try:
-            ep = torch.export.export(loaded.torch_module, (), kwargs=example, strict=False)
+            ep = torch.export.export(loaded.torch_module, (), kwargs=_example(loaded), strict=False)
         except Exception as e:  # torch raises many kinds here
-            raise CompressError(f"cannot save the torch model: torch.export failed: {type(e).__name__}: "
-                                f"{(str(e).strip().splitlines() or [''])[0]}") from e
+            if suffix == ".pt2":
+                raise CompressError(
+                    f"this version cannot be written as .pt2 (torch.export failed: {type(e).__name__}: "
+                    f"{(str(e).strip().splitlines() or [''])[0]}); name the output *.pt for TorchScript") from e
+            path = folder / f"{stem}.pt"
+            _write_torchscript(loaded, path)
+            return [path]
     path = folder / f"{stem}.pt2"
     torch.export.save(ep, str(path))
     return [path]
@@ -103,14 +137,16 @@ def save_model_file(loaded: LoadedModel, path: str | Path) -> list[Path]:
     An ONNX file over 1 GiB gets its weights in ``<path>.data``.  Returns the files written.
     """
     path = Path(path)
-    want = model_suffix(loaded)
-    if path.suffix.lower() != want:
-        kind = "an ONNX" if want == ".onnx" else "a torch"
-        raise CompressError(f"{path}: {kind} model is written as {want}; name the output *{want}")
+    suffix = path.suffix.lower()
+    if loaded.onnx_model is not None and suffix != ".onnx":
+        raise CompressError(f"{path}: an ONNX model is written as .onnx; name the output *.onnx")
+    if loaded.onnx_model is None and suffix not in TORCH_SUFFIXES:
+        raise CompressError(f"{path}: a torch model is written as .pt2 (ExportedProgram) or .pt "
+                            "(TorchScript); name the output *.pt2 or *.pt")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
-        files = write_model(loaded, tmp, stem=path.stem)
+        files = write_model(loaded, tmp, stem=path.stem, suffix=suffix)
         fsync_files(files)
         # data before the main file: the main file never points at data that is not there yet
         targets = []
@@ -135,6 +171,11 @@ def load_model(path: str | Path, like: LoadedModel | None = None, progress: Prog
         from effstudio.core.loaders.onnx_loader import load_onnx
 
         loaded = load_onnx(path, inputs=parent_input_specs(like) if like else {}, progress=progress)
+    elif path.suffix in (".pt", ".ts"):
+        from effstudio.core.loaders.torch_loader import load_torch_file
+
+        loaded = load_torch_file(path, "torchscript", inputs=parent_input_specs(like) if like else {},
+                                 trust=False, progress=progress)
     else:
         from effstudio.core.loaders.torch_loader import load_pt2
 

@@ -245,9 +245,26 @@ class Session:
     # --- applying ---------------------------------------------------------------------------
     def resolve(self, loaded: LoadedModel, technique: Technique, config: TechniqueConfig,
                 selection: list[str] | None, op_types: list[str] | None = None) -> list[str]:
-        """Layer names for a selection; None selects every layer the technique applies to."""
+        """Layer names for a selection; None selects every layer the technique applies to.
+
+        Exact layer names are taken as given (``check_selection`` then names any the technique
+        does not apply to).  A pattern (glob, ``re:``, ``scope:``) means "the layers it matches
+        that the technique applies to": ``features.*`` on a CNN picks its convs, not its ReLUs.
+        """
         if selection is not None:
-            return resolve_selection(loaded.graph, list(selection), op_types=op_types)
+            names: set[str] = set()
+            for pat in selection:
+                hit = resolve_selection(loaded.graph, [pat], op_types=op_types)
+                if pat not in loaded.graph:
+                    applicable = [n for n in hit
+                                  if technique.applies_to(loaded.graph.layer(n), loaded, config) is None]
+                    if not applicable:
+                        why = technique.applies_to(loaded.graph.layer(hit[0]), loaded, config)
+                        raise CompressError(f"{technique.name} applies to none of the {len(hit)} layer(s) "
+                                            f"that {pat!r} matches (e.g. {hit[0]}: {why})")
+                    hit = applicable
+                names.update(hit)
+            return [n for n in loaded.graph.names() if n in names]
         ops = {o.lower() for o in op_types} if op_types else None
         names = [lay.name for lay in loaded.graph.layers
                  if (ops is None or lay.op_type.lower() in ops)

@@ -59,7 +59,29 @@ def _torch_tensors(loaded: LoadedModel) -> dict[str, object]:
     if ep is not None:  # the graph names weights by the ExportedProgram's state-dict keys
         tensors.update(ep.state_dict)
         tensors.update(getattr(ep, "constants", {}) or {})
+    if loaded.torch_module is not None:
+        tensors.update(_packed_tensors(loaded.torch_module))
     return tensors
+
+
+def _packed_tensors(module) -> dict[str, object]:
+    """torch.ao's dynamically quantized modules keep their weights in packed parameters that
+    ``state_dict`` does not list as tensors: unpack them under the names the graph gives them."""
+    out: dict[str, object] = {}
+    for path, mod in module.named_modules():
+        for getter, key in (("get_weight", None), ("get_bias", None), ("weight", "weight"), ("bias", "bias")):
+            fn = getattr(mod, getter, None)
+            if not callable(fn) or not type(mod).__module__.startswith("torch.ao.nn.quantized"):
+                continue
+            try:
+                value = fn()
+            except Exception:  # a module without this kind of storage
+                continue
+            items = value.items() if isinstance(value, dict) else [(key, value)]
+            for name, t in items:
+                if t is not None and hasattr(t, "is_quantized"):
+                    out[f"{path}.{name}" if path else name] = t
+    return out
 
 
 def _torch_bytes(t) -> Iterator[bytes]:
@@ -82,7 +104,9 @@ def _torch_bytes(t) -> Iterator[bytes]:
 def weight_byte_chunks(loaded: LoadedModel) -> Iterator[tuple[str, bytes]]:
     """(weight name, raw bytes) of every parameter weight of the graph, each once, in graph order.
 
-    Weights the graph lists but the model does not hold (should not happen) are skipped."""
+    A quantized tensor yields its scales and zero points with it, so the graph's separate
+    ``<name>_scale`` / ``<name>_zero_point`` entries are found through it.  Any other weight the
+    model does not hold raises KeyError: a size over part of the weights would be wrong."""
     weights = [w for w in loaded.graph.unique_weights().values() if w.is_param]
     if loaded.onnx_model is not None:
         protos = _onnx_tensors(loaded.onnx_model)
@@ -91,16 +115,29 @@ def weight_byte_chunks(loaded: LoadedModel) -> Iterator[tuple[str, bytes]]:
                 yield w.name, _onnx_bytes(protos[w.name])
         return
     tensors = _torch_tensors(loaded)
+    covered = {f"{n}{suffix}" for n, t in tensors.items() if getattr(t, "is_quantized", False)
+               for suffix in ("_scale", "_zero_point", "_scales", "_zero_points")}
     for w in weights:
         t = tensors.get(w.name)
-        if t is not None:
-            for part in _torch_bytes(t):
-                yield w.name, part
+        if t is None:
+            if w.name in covered:
+                continue
+            raise KeyError(w.name)
+        for part in _torch_bytes(t):
+            yield w.name, part
 
 
 def compressed_weight_bytes(loaded: LoadedModel, progress: Progress | None = None,
-                            level: int = DEFLATE_LEVEL) -> int:
-    """Bytes of the parameter weights after deflate (level 6): one stream over every weight once."""
+                            level: int = DEFLATE_LEVEL) -> int | None:
+    """Bytes of the parameter weights after deflate (level 6): one stream over every weight once;
+    None (unknown) when some weight's storage cannot be read."""
+    try:
+        return _compressed_weight_bytes(loaded, progress, level)
+    except KeyError:
+        return None
+
+
+def _compressed_weight_bytes(loaded: LoadedModel, progress: Progress | None, level: int) -> int:
     progress = progress or Progress()
     total_raw = max(1, loaded.graph.totals()["weight_bytes"])
     comp = zlib.compressobj(level)

@@ -25,12 +25,12 @@ from effstudio.core.errors import EffstudioError
 from effstudio.core.latency import stats
 from effstudio.core.latency.environment import environment
 from effstudio.core.latency.ort_fusion import map_runtime_nodes
+from effstudio.core.latency.ort_source import ort_source
 from effstudio.core.latency.result import RUNTIME_KEY, LatencyResult, add_times, in_graph_order, split_time
 from effstudio.core.model import LoadedModel
 from effstudio.core.progress import Progress
 
 MAX_PROFILED_RUNS = 50
-_PROTO_LIMIT = 1_800_000_000  # protobuf refuses to serialize ≥ 2 GiB; go through a file before that
 _KERNEL = "_kernel_time"
 
 
@@ -47,13 +47,9 @@ def providers_for(device: str) -> list[str]:
     raise EffstudioError(f"--device {device!r}: expected cpu or cuda")
 
 
-def _model_source(loaded: LoadedModel, workdir: str) -> str | bytes:
-    model = loaded.onnx_model
-    if model.ByteSize() < _PROTO_LIMIT:
-        return model.SerializeToString()
-    path = os.path.join(workdir, "model.onnx")
-    onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
-    return path
+def _model_source(loaded: LoadedModel, workdir: str) -> str:
+    # a path, never model.SerializeToString(): that holds the GIL for seconds on a big model
+    return ort_source(loaded, workdir)
 
 
 def _session_options(threads: int, *, profile_prefix: str | None = None, optimized_path: str | None = None):
@@ -115,7 +111,14 @@ def _time_e2e(loaded: LoadedModel, source: str | bytes, providers: list[str], th
     if providers[0] == "CUDAExecutionProvider" and "CUDAExecutionProvider" not in sess.get_providers():
         raise EffstudioError(f"{loaded.path}: onnxruntime could not start CUDA for this model")
     feeds = _feeds(sess, inputs, loaded.path)
-    stats.warm_up(lambda: sess.run(None, feeds), progress, "warming up")
+    try:
+        stats.warm_up(lambda: sess.run(None, feeds), progress, "warming up")
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+            ort.capi.onnxruntime_pybind11_state.RuntimeException) as e:
+        # the model refuses this data (random values where it wants e.g. a sample rate)
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EffstudioError(f"{loaded.path}: onnxruntime could not run the model on these inputs "
+                             f"({why[:300]}); give real input data with --npz") from e
     return feeds, stats.time_runs(lambda: sess.run(None, feeds), plan, progress, "timing end to end")
 
 
@@ -139,8 +142,7 @@ def _per_layer(loaded: LoadedModel, source: str | bytes, providers: list[str], t
     finally:
         profile_path = sess.end_profiling()
     try:
-        with open(profile_path, encoding="utf-8") as f:
-            events = json.load(f)
+        events = read_profile(profile_path)
     finally:
         os.remove(profile_path)
     optimized = onnx.load(optimized_path, load_external_data=False)
@@ -154,6 +156,26 @@ def _per_layer(loaded: LoadedModel, source: str | bytes, providers: list[str], t
                       f"sum/e2e = {result.latency_sum_ratio:.2f}")
     if providers[0] == "CUDAExecutionProvider":
         result.method += " (CUDA node times are host-side: kernel launches are asynchronous)"
+
+
+def read_profile(path: str) -> list[dict[str, Any]]:
+    """The events of an onnxruntime profile file.
+
+    onnxruntime writes one event per line; parsing line by line keeps each C call short, where one
+    ``json.load`` of a profile of tens of MB holds the GIL (and freezes the GUI) for its whole
+    length.  Any other layout is read whole.
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    events: list[dict[str, Any]] = []
+    try:
+        for line in text.splitlines():
+            line = line.strip().rstrip(",")
+            if line and line not in ("[", "]"):
+                events.append(json.loads(line))
+    except json.JSONDecodeError:
+        return json.loads(text)
+    return events
 
 
 def node_medians(events: list[dict[str, Any]], *, skip_runs: int = 0) -> tuple[dict[str, float], int]:

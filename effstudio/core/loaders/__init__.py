@@ -8,6 +8,7 @@ the extension) and calls the loader for it.  Loaders are imported lazily so that
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from effstudio.core.errors import ModelLoadError
@@ -33,8 +34,12 @@ def open_model(
     weights: str | None = None,
     trust: bool = False,
     progress: Progress | None = None,
+    on_graph: Callable[[LoadedModel], None] | None = None,
 ) -> LoadedModel:
     """Open ``spec``: a file path, a Hugging Face folder, ``pkg.module:callable`` or ``demo:NAME``.
+
+    ``on_graph(loaded)``: called by loaders that can show the layer graph before they finish
+    (ONNX: before the large weights are read); see :func:`~.onnx_loader.load_onnx`.
 
     Raises :class:`~effstudio.core.errors.ModelLoadError` with a one-line message naming the
     file and the problem for anything it cannot open.
@@ -64,7 +69,7 @@ def open_model(
     if fmt == "onnx":
         from effstudio.core.loaders.onnx_loader import load_onnx
 
-        return load_onnx(path, inputs=inputs, progress=progress)
+        return load_onnx(path, inputs=inputs, progress=progress, on_graph=on_graph)
     from effstudio.core.loaders import torch_loader
 
     return torch_loader.load_torch_file(path, fmt, inputs=inputs, trust=trust, progress=progress)

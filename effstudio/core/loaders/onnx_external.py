@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnx
@@ -87,15 +87,20 @@ def check_location(path: Path, base: Path, tensor: onnx.TensorProto) -> Path:
     return Path(target)
 
 
-def load_external_data(model: onnx.ModelProto, path: Path, progress: Progress) -> int:
+def load_external_data(model: onnx.ModelProto, path: Path, progress: Progress,
+                       select: Callable[[onnx.TensorProto], bool] | None = None) -> int:
     """Check every external location of ``model`` (loaded from ``path``), then read the data into
-    the tensors.  Returns how many tensors were read."""
+    the tensors (only those ``select`` accepts, when given).  Returns how many tensors were read."""
     external = [t for t in iter_tensors(model) if external_data_helper.uses_external_data(t)]
     if not external:
         return 0
     base = path.parent
     for t in external:  # all checked before the first read
         check_location(path, base, t)
+    if select is not None:
+        external = [t for t in external if select(t)]
+        if not external:
+            return 0
     n = len(external)
     for i, t in enumerate(external):
         if i % 16 == 0:

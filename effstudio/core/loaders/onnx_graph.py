@@ -50,6 +50,7 @@ class BuildContext:
     progress: Progress | None = None
     total_nodes: int = 1
     done_nodes: int = 0
+    renamed: int = 0  # nodes whose name in the held ModelProto was changed (empty or duplicate)
 
     def unique(self, name: str) -> str:
         if name not in self.used_names:
@@ -275,6 +276,7 @@ def build_graph(g: onnx.GraphProto, *, infos: dict[str, TensorInfo], outer_weigh
         name = ctx.unique(node.name or f"{node.op_type}_{idx}")
         if node.name != name:
             node.name = name  # keep the held ModelProto's names equal to the layer names
+            ctx.renamed += 1
         lay = Layer(name=name, op_type=node.op_type, scope=node_scope(node), domain=node.domain,
                     outputs=[o for o in node.output if o])
         if _is_constant(node):  # a Constant kept because its value is a graph output

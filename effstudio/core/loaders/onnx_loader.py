@@ -1,23 +1,27 @@
 """Open an ONNX file into a :class:`LoadedModel` (``effstudio inspect model.onnx``).
 
 Steps: parse the file without its external data; check IR version and opsets; check every
-external-data location (nothing outside the model's folder is read) and read the data; infer
-shapes on a light copy of the graph (see ``onnx_shapes``); build the layer graph (see
-``onnx_graph``).  The ModelProto (weights included, held once) is kept for onnxruntime.
+external-data location (nothing outside the model's folder is read) and read the small tensors;
+infer shapes on a light copy of the graph (see ``onnx_shapes``; a run on example inputs reads the
+large weights from their files itself); build the layer graph (see ``onnx_graph``); then read
+the large weights.  The ModelProto (weights included, held once) is kept for onnxruntime.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
+from onnx import external_data_helper
 
 from effstudio.core.errors import ModelLoadError
 from effstudio.core.graph import ModelInfo
 from effstudio.core.inputs import InputSpec, make_example_inputs
+from effstudio.core.latency.ort_source import file_stamp
 from effstudio.core.loaders import onnx_graph, onnx_shapes
-from effstudio.core.loaders.onnx_external import load_external_data
+from effstudio.core.loaders.onnx_external import iter_tensors, load_external_data
 from effstudio.core.model import LoadedModel
 from effstudio.core.progress import Progress
 
@@ -65,8 +69,20 @@ def check_versions(path: Path, model: onnx.ModelProto) -> int:
     return opset
 
 
-def load_onnx(path: Path, *, inputs: dict[str, InputSpec], progress: Progress) -> LoadedModel:
+def _read_early(t: onnx.TensorProto) -> bool:
+    """External tensors read before the layer graph is built: what shape inference and FLOP
+    counting may look at (scalars, vectors, shape constants); the large weights come after."""
+    return len(t.dims) <= 1 or onnx_shapes.tensor_nbytes(t) <= onnx_shapes.INT_DATA_BYTES
+
+
+def load_onnx(path: Path, *, inputs: dict[str, InputSpec], progress: Progress,
+              on_graph: Callable[[LoadedModel], None] | None = None) -> LoadedModel:
     """Load ``path`` into a :class:`LoadedModel` whose graph has one layer per ONNX node.
+
+    ``on_graph(loaded)`` is called as soon as the layer graph is built, before the large weights
+    are read from external data (seconds for a big model): the caller may show ``loaded.graph``
+    and count it (:func:`~effstudio.core.metrics.static.compute_static` reads only small
+    tensors), nothing more; the returned model is the same object, complete.
 
     ``inputs`` gives shapes (and dtypes) for the model's inputs (``--input``); a symbolic
     leading dim defaults to 1, other symbolic dims stay symbolic.  ``example_inputs`` is filled
@@ -76,18 +92,23 @@ def load_onnx(path: Path, *, inputs: dict[str, InputSpec], progress: Progress) -
     progress.update(0.0, f"reading {path.name}")
     model = read_model(path)
     opset = check_versions(path, model)
-    progress.update(0.3, "checking external data")
-    load_external_data(model, path, progress.sub(0.3, 0.6))
+    stamp = file_stamp(path, model)  # before reading: a file changed meanwhile voids it
+    progress.update(0.05, "checking external data")
+    load_external_data(model, path, progress.sub(0.05, 0.1), select=_read_early)
+    deferred = any(external_data_helper.uses_external_data(t) for t in iter_tensors(model))
 
-    progress.update(0.6, "inferring shapes")
+    progress.update(0.1, "inferring shapes")
     declared = onnx_shapes.graph_inputs(model.graph)
     resolved = onnx_shapes.resolve_inputs(str(path), declared, inputs)
     symbols = onnx_shapes.symbol_values(declared, resolved)
-    infos, shape_problem = onnx_shapes.infer_tensor_infos(model, resolved, symbols)
+    concrete = all(t.shape is not None and all(isinstance(d, int) for d in t.shape) for t in resolved)
+    feeds = make_example_inputs(resolved) if concrete else None
+    infos, shape_problem = onnx_shapes.infer_tensor_infos(
+        model, resolved, symbols, feeds, external_folder=str(path.parent) if deferred else None)
 
-    progress.update(0.8, "building layers")
+    progress.update(0.35, "building layers")
     ctx = onnx_graph.BuildContext(functions=frozenset((f.domain, f.name) for f in model.functions),
-                          progress=progress.sub(0.8, 1.0),
+                          progress=progress.sub(0.35, 0.5),
                           total_nodes=max(1, onnx_graph.count_nodes(model.graph)))
     try:
         graph = onnx_graph.build_graph(model.graph, infos=infos, outer_weights={}, outer_values=set(),
@@ -102,7 +123,14 @@ def load_onnx(path: Path, *, inputs: dict[str, InputSpec], progress: Progress) -
         extra["shape_inference_error"] = shape_problem
     graph.model = ModelInfo(str(path), "onnx", extra)
     loaded = LoadedModel(graph, "onnx", str(path), onnx_model=model, onnx_path=str(path))
+    if ctx.renamed == 0:  # the held proto is the file: a runtime may load the file itself
+        loaded.onnx_file_stamp = stamp
     if all(t.shape is not None and all(isinstance(d, int) for d in t.shape) for t in graph.inputs):
         loaded.example_inputs = make_example_inputs(graph.inputs)
+    if on_graph is not None:
+        on_graph(loaded)
+    if deferred:
+        progress.update(0.5, "reading weights")
+        load_external_data(model, path, progress.sub(0.5, 1.0))
     progress.update(1.0, f"loaded {path.name}: {len(graph.layers)} layers")
     return loaded

@@ -10,6 +10,9 @@ hundred KB whatever the model's size.
 
 from __future__ import annotations
 
+import ast
+from typing import Any
+
 import onnx
 
 from effstudio.core import dtypes
@@ -142,12 +145,46 @@ def symbol_values(declared: list[TensorInfo], resolved: list[TensorInfo]) -> dic
     return out
 
 
+_DIM_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+            ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b}
+_DIM_CALLS = {"Min": min, "Max": max, "min": min, "max": max}
+
+
+def eval_dim(expr: str, symbols: dict[str, int]) -> int | None:
+    """A symbolic dim that exporters write as an expression of input dims (torch: ``Min(512, seq)``,
+    ``seq - 1``, ``2*seq``), evaluated with the known ``symbols``; None when it is anything else."""
+    if not symbols or not any(ch in expr for ch in "(+-*/%"):
+        return None
+
+    def ev(n: ast.AST) -> int:
+        if isinstance(n, ast.Constant) and isinstance(n.value, int) and not isinstance(n.value, bool):
+            return n.value
+        if isinstance(n, ast.Name) and n.id in symbols:
+            return symbols[n.id]
+        if isinstance(n, ast.BinOp) and type(n.op) in _DIM_OPS:
+            return _DIM_OPS[type(n.op)](ev(n.left), ev(n.right))
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub):
+            return -ev(n.operand)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in _DIM_CALLS \
+                and n.args and not n.keywords:
+            return _DIM_CALLS[n.func.id](ev(a) for a in n.args)
+        raise ValueError(expr)
+
+    try:
+        value = ev(ast.parse(expr, mode="eval").body)
+    except (ValueError, SyntaxError, ZeroDivisionError, RecursionError):
+        return None
+    return value if value >= 0 else None
+
+
 def _substitute(vi: onnx.ValueInfoProto, symbols: dict[str, int]) -> onnx.ValueInfoProto:
     if not vi.type.HasField("tensor_type"):
         return vi
     for d in vi.type.tensor_type.shape.dim:
         if d.dim_param in symbols:
             d.dim_value = symbols[d.dim_param]  # sets the oneof: dim_param is cleared
+        elif d.dim_param and (v := eval_dim(d.dim_param, symbols)) is not None:
+            d.dim_value = v
         elif d.HasField("dim_value") and d.dim_value < 0:
             d.Clear()  # -1 for "dynamic" (old exporters): unknown, so inference may fill it
     return vi
@@ -298,10 +335,14 @@ def _symbolic_pass(light: onnx.ModelProto, infos: dict[str, TensorInfo]) -> None
             infos[name] = t
 
 
-def infer_tensor_infos(model: onnx.ModelProto, inputs: list[TensorInfo], symbols: dict[str, int]
+def infer_tensor_infos(model: onnx.ModelProto, inputs: list[TensorInfo], symbols: dict[str, int],
+                       feeds: dict[str, Any] | None = None, external_folder: str | None = None
                        ) -> tuple[dict[str, TensorInfo], str | None]:
     """Shapes and dtypes of every value, inferred from ``inputs``.
 
+    With ``feeds`` (example data for every input, all shapes concrete), shapes that static
+    inference leaves unknown or symbolic are taken from one onnxruntime run on them (see
+    ``onnx_run_shapes``; ``external_folder``: where weights not yet read into ``model`` lie).
     Returns the infos and, when inference failed, why (the declared ``value_info`` is used then).
     """
     light = light_copy(model, inputs, symbols)
@@ -317,6 +358,12 @@ def infer_tensor_infos(model: onnx.ModelProto, inputs: list[TensorInfo], symbols
         infos.update(collect_infos(inferred))
         problem = None
         break
+    if feeds is not None:
+        from effstudio.core.loaders.onnx_run_shapes import fill_shapes_by_running
+
+        run_problem = fill_shapes_by_running(model, feeds, infos, external_folder)
+        if run_problem and problem is None:
+            problem = f"running the model on example inputs to find shapes failed: {run_problem}"
     if _stuck_nodes(light.graph, infos):
         _symbolic_pass(light, infos)
     return infos, problem

@@ -223,6 +223,14 @@ def graph_from_exported(ep: torch.export.ExportedProgram, *, path: str, format: 
         mod, _ = _innermost_module(n)
         if mod:
             per_module[mod] = per_module.get(mod, 0) + 1
+    # ... and a module whose forward made several layers but only one that reads its weights
+    # (nn.LSTM builds its zero initial state first) gives that one its path: users select
+    # layers to compress by module path
+    weighted: dict[str, list[torch.fx.Node]] = {}
+    for n in kept:
+        mod, _ = _innermost_module(n)
+        if mod and any(x.name in weight_of for x in n.all_input_nodes):
+            weighted.setdefault(mod, []).append(n)
     module_types: dict[str, str] = {}
 
     # outputs of each kept node: its own name, or the getitem results folded into it
@@ -244,7 +252,7 @@ def graph_from_exported(ep: torch.export.ExportedProgram, *, path: str, format: 
         mod, cls = _innermost_module(n)
         if mod:
             module_types.setdefault(mod, cls)
-        if mod and per_module[mod] == 1:
+        if mod and (per_module[mod] == 1 or weighted.get(mod) == [n]):
             name = mod
         else:
             name = f"{mod}.{n.name}" if mod else n.name

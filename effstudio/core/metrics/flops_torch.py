@@ -240,7 +240,7 @@ ZERO_OPS = (
     "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand", "expand_as",
     "unsqueeze", "squeeze", "flatten", "unflatten", "contiguous", "clone", "select", "slice",
     "narrow", "cat", "concat", "stack", "hstack", "vstack", "split", "split_with_sizes", "chunk",
-    "unbind", "index_select", "index", "gather", "embedding", "zeros", "ones", "full", "empty",
+    "unbind", "index_select", "index", "gather", "embedding", "embedding_byte", "zeros", "ones", "full", "empty",
     "arange", "linspace", "zeros_like", "ones_like", "full_like", "empty_like", "new_zeros",
     "new_ones", "new_full", "new_empty", "scalar_tensor", "detach", "alias", "lift_fresh_copy",
     "dropout", "feature_dropout", "alpha_dropout", "native_dropout", "_to_copy", "to", "type_as",
@@ -263,6 +263,8 @@ ELEMENTWISE_1 = (
     "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "logical_not", "logical_and",
     "logical_or", "logical_xor", "bitwise_not", "bitwise_and", "bitwise_or", "bitwise_xor",
     "where", "masked_fill", "masked_fill_", "isnan", "isinf", "softsign", "cumsum", "atan2",
+    "__and__", "__or__", "__xor__", "__invert__", "__lshift__", "__rshift__", "bitwise_left_shift",
+    "bitwise_right_shift",
 )
 REDUCE_1 = ("sum", "mean", "amax", "amin", "max", "min", "prod", "argmax", "argmin", "any", "all",
             "aminmax")
@@ -340,6 +342,10 @@ def _build() -> dict[str, Handler]:
         "addcmul": per_output_element(2),
         "addcdiv": per_output_element(2),
         "lerp": per_output_element(3),
+        # torch.ao dynamic quantization (int8 weights, same products as the float op)
+        "linear_dynamic": linear,
+        "quantized_lstm": _rnn("lstm"),
+        "quantized_gru": _rnn("gru"),
     })
     return t
 

@@ -45,7 +45,7 @@ PARAMS_NOTE = ("Per layer: the elements / bytes of the weights it reads (a share
 
 
 def handler_for(layer: Layer) -> Handler | None:
-    if layer.domain == "aten":
+    if layer.domain in ("aten", "quantized"):  # "quantized": torch.ao's packed ops (same arithmetic)
         return aten_handler(layer.op_type)
     return onnx_handler(layer.domain, layer.op_type)
 

@@ -42,7 +42,9 @@ from effstudio.ui.workers import TaskRunner
 
 ZOOM_STEP = 1.2
 MIN_SCALE, MAX_SCALE = 0.002, 4.0
-READABLE_SCALE = 0.8  # the first view of a graph too big to fit readably
+# the first view of a graph too big to fit readably: box titles readable (canvas.TITLE_LOD), and
+# as much of the graph as that allows (at 0.8 a BERT export showed five shape ops and nothing else)
+READABLE_SCALE = 0.4
 MARKER_W = 20.0  # the ▸ of a group box, from its left edge
 # boxes a model opens with: about what fits a window readably (see core.layout.default_expanded)
 DEFAULT_VISIBLE = 60
@@ -405,6 +407,11 @@ class GraphView(QWidget):
 
     def is_busy(self) -> bool:
         return self._runner.is_busy()
+
+    @property
+    def layout_ready(self) -> bool:
+        """The current graph is laid out and drawn (no layout running)."""
+        return self._graph is not None and self._geo is not None and not self._runner.is_busy()
 
     def wait_idle(self, timeout_s: float = 30.0) -> bool:
         """Block until no layout runs (its result is delivered); for tests and shutdown."""

@@ -85,6 +85,7 @@ class LayerChartPanel(QWidget):
         self.plot.getPlotItem().invertY(True)  # largest bar at the top
         self._bars: _Bars | None = None
         self._labels: list[pg.TextItem] = []
+        self._drawn: tuple | None = None  # what the plot items show (a redraw that changes nothing is skipped)
         self.top_spin = QSpinBox(self)
         self.top_spin.setRange(5, 200)
         self.top_spin.setValue(DEFAULT_TOP_N)
@@ -125,6 +126,13 @@ class LayerChartPanel(QWidget):
         self._log = on
         self._redraw()
 
+    def set_view(self, metric: str, log: bool, metrics: MetricsTable | None = None) -> None:
+        """Metric, scale and (optionally) numbers at once: one redraw instead of three."""
+        self._metric, self._log = metric, log
+        if metrics is not None:
+            self._metrics = metrics
+        self._redraw()
+
     def set_top_n(self, n: int) -> None:
         self.top_spin.setValue(n)
 
@@ -134,6 +142,7 @@ class LayerChartPanel(QWidget):
 
     def apply_theme(self) -> None:
         self.plot.setBackground(plot_colors().background)
+        self._drawn = None
         self._redraw()
 
     # --- drawing ----------------------------------------------------------------------------
@@ -159,13 +168,17 @@ class LayerChartPanel(QWidget):
             zeros = len(known) - len(nonzero)
             rest = f" ({zeros} with none)" if zeros else ""
             self.title.setText(f"Top {len(top)} of {len(known)} layers by {label}{share}{rest}")
+        unit = info.unit if info else ""
+        drawn = (tuple(self._names), tuple(self._values), self._log, unit, label, plot_colors())
+        if drawn == self._drawn:
+            return  # e.g. latency merged in while the chart shows MACs: the same bars
+        self._drawn = drawn
         plot = self.plot.getPlotItem()
         if self._bars is not None:
             plot.removeItem(self._bars)
             self._bars = None
-        for text in self._labels:
-            plot.removeItem(text)
-        self._labels = []
+        for text in self._labels:  # kept for the next redraw: making TextItems is slow
+            text.hide()
         colors = plot_colors()
         axis_y = plot.getAxis("left")
         axis_x = plot.getAxis("bottom")
@@ -176,7 +189,6 @@ class LayerChartPanel(QWidget):
         axis_y.setTicks([ticks])
         fm = self.fontMetrics()
         axis_y.setWidth(min(240, max([fm.horizontalAdvance(t) for _, t in ticks] + [40]) + 14))
-        unit = info.unit if info else ""
         self._axis.unit = unit
         self._axis.log = self._log
         axis_x.setLabel(label + (" (log scale)" if self._log else ""))
@@ -200,10 +212,13 @@ class LayerChartPanel(QWidget):
         lo = float(x0.min())
         plot.setXRange(lo, lo + (float(ends.max()) - lo) * 1.3, padding=0)  # room for the value labels
         for i, v in enumerate(self._values):
-            text = pg.TextItem(numbers.by_unit(v, unit), color=colors.foreground, anchor=(0, 0.5))
+            if i == len(self._labels):
+                self._labels.append(pg.TextItem("", anchor=(0, 0.5)))
+                plot.addItem(self._labels[i])
+            text = self._labels[i]
+            text.setText(numbers.by_unit(v, unit), color=colors.foreground)
             text.setPos(float(ends[i]), i)
-            plot.addItem(text)
-            self._labels.append(text)
+            text.show()
         self.sig_bars_changed.emit()
 
     def _brushes(self) -> list:

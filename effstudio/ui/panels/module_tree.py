@@ -6,8 +6,8 @@ Click a layer to select it, click a scope to select its whole subtree; the conte
 
 from __future__ import annotations
 
-from PySide6.QtCore import QItemSelection, QItemSelectionModel, QModelIndex, QPoint, Qt
-from PySide6.QtGui import QStandardItem, QStandardItemModel
+from PySide6.QtCore import QItemSelection, QItemSelectionModel, QModelIndex, QPoint, Qt, QTimer
+from PySide6.QtGui import QFontMetrics, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QMenu, QTreeView, QVBoxLayout, QWidget
 
 from effstudio.core.graph import LayerGraph
@@ -18,6 +18,7 @@ from effstudio.ui.selection import SelectionModel
 NAME_ROLE = Qt.ItemDataRole.UserRole + 1  # layer name (leaves)
 SCOPE_ROLE = Qt.ItemDataRole.UserRole + 2  # scope path (scope nodes)
 HEADERS = ("Module / layer", "Op", "Params", "MACs")
+BUILD_CHUNK = 150  # layers whose rows are made per turn of the event loop
 
 
 class ModuleTreePanel(QWidget):
@@ -28,6 +29,12 @@ class ModuleTreePanel(QWidget):
         self._metrics = MetricsTable()
         self._layer_items: dict[str, QStandardItem] = {}
         self._scope_items: dict[str, QStandardItem] = {}
+        self._building = False  # rows being made
+        self._filling = False  # numbers being written
+        self._job = 0
+        self._after_fill = None  # what to do once the numbers are written (show a new tree)
+        self._ancestor_memo: dict[str, list[str]] = {}
+        self._shown_numbers: tuple[dict, dict] | None = None
         self.model = QStandardItemModel(self)
         self.model.setHorizontalHeaderLabels(list(HEADERS))
         self.view = QTreeView(self)
@@ -44,8 +51,8 @@ class ModuleTreePanel(QWidget):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Interactive)  # op names can be long
         header.resizeSection(1, 80)
-        for col in (2, 3):
-            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        for col in (2, 3):  # sized to their texts by _fill_numbers (ResizeToContents re-measures
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)  # on every change)
         header.setStretchLastSection(False)
         header.setMinimumSectionSize(40)
         layout = QVBoxLayout(self)
@@ -59,19 +66,70 @@ class ModuleTreePanel(QWidget):
     def set_graph(self, graph: LayerGraph | None) -> None:
         self._graph = graph
         self._metrics = MetricsTable()
+        self._shown_numbers = None
         self._rebuild()
 
     def set_metrics(self, metrics: MetricsTable) -> None:
         self._metrics = metrics
-        self._fill_numbers()
+        if not self._building:
+            self._fill_numbers()
+
+    def is_building(self) -> bool:
+        """True while a big graph's rows or numbers are still being made (see :meth:`_rebuild`)."""
+        return self._building or self._filling
+
+    def _in_chunks(self, steps: list, then) -> None:
+        """Run ``steps`` one per turn of the event loop (the first at once), then ``then``; a
+        newer job (another graph or numbers) stops this one."""
+        self._job += 1
+        job = self._job
+
+        def run(i: int) -> None:
+            if job != self._job:
+                return
+            if i < len(steps):
+                steps[i]()
+                if i + 1 < len(steps):
+                    QTimer.singleShot(0, lambda: run(i + 1))
+                    return
+            then()
+
+        run(0)
 
     def _rebuild(self) -> None:
-        self.model.removeRows(0, self.model.rowCount())
+        """Fill a new item model, then show it.
+
+        Rows appended to a model a view watches cost a view update each; to a detached one next
+        to nothing.  A big graph's rows (and then their numbers) are made :data:`BUILD_CHUNK`
+        layers per turn of the event loop, so the window stays responsive; the tree shows when
+        all are made.
+        """
         self._layer_items.clear()
         self._scope_items.clear()
+        old, self.model = self.model, QStandardItemModel(self)
+        self.model.setHorizontalHeaderLabels(list(HEADERS))
         g = self._graph
+        self._building = g is not None
         if g is None:
+            self._job += 1
+            self._show_model(old)
             return
+        layers = g.layers
+
+        def built() -> None:
+            self._building = False
+            self._after_fill = shown
+            self._fill_numbers()
+
+        def shown() -> None:
+            self._show_model(old)
+            self.view.expandToDepth(0)
+            self._on_selection_changed(self.selection.names, None)
+
+        self._in_chunks([lambda a=a: self._add_rows(layers[a:a + BUILD_CHUNK])
+                         for a in range(0, len(layers), BUILD_CHUNK)], built)
+
+    def _add_rows(self, layers) -> None:
         root = self.model.invisibleRootItem()
 
         def scope_item(scope: str) -> QStandardItem:
@@ -91,7 +149,7 @@ class ModuleTreePanel(QWidget):
             self._scope_items[scope] = item
             return item
 
-        for lay in g.layers:
+        for lay in layers:
             parent = scope_item(lay.scope)
             short = lay.name[len(lay.scope) + 1:] if lay.scope and lay.name.startswith(lay.scope + ".") \
                 else lay.name
@@ -100,29 +158,74 @@ class ModuleTreePanel(QWidget):
             item.setToolTip(lay.name)
             parent.appendRow([item, QStandardItem(lay.op_type), _num_item(), _num_item()])
             self._layer_items[lay.name] = item
-        self.view.expandToDepth(0)
-        self._fill_numbers()
+
+    def _show_model(self, old: QStandardItemModel) -> None:
+        self.view.setModel(self.model)
+        old.deleteLater()
 
     def _fill_numbers(self) -> None:
+        """Params and MACs of every row (scopes: their subtree's sums), in chunks like the rows."""
         g = self._graph
         if g is None:
             return
         params = self._metrics.column("params") or {lay.name: lay.params for lay in g.layers}
         macs = self._metrics.column("macs")
-        for name, item in self._layer_items.items():
-            _set_num(item, 2, params.get(name), numbers.si)
-            _set_num(item, 3, macs.get(name), numbers.si)
+        if self._shown_numbers == (params, macs):  # e.g. latency merged in: nothing shown changed
+            self._filled()
+            return
+        own_p: dict[str, float] = {}  # per scope, its own layers; then added to every ancestor
+        own_m: dict[str, float] = {}
+        for lay in g.layers:
+            own_p[lay.scope] = own_p.get(lay.scope, 0) + (params.get(lay.name) or 0)
+            own_m[lay.scope] = own_m.get(lay.scope, 0) + (macs.get(lay.name) or 0)
         p_sum: dict[str, float] = {}
         m_sum: dict[str, float] = {}
-        for lay in g.layers:  # add each layer to its scope and every ancestor scope
-            parts = lay.scope.split(".") if lay.scope else []
-            for i in range(1, len(parts) + 1):
-                sc = ".".join(parts[:i])
-                p_sum[sc] = p_sum.get(sc, 0) + (params.get(lay.name) or 0)
-                m_sum[sc] = m_sum.get(sc, 0) + (macs.get(lay.name) or 0)
-        for scope, item in self._scope_items.items():
-            _set_num(item, 2, p_sum.get(scope, 0), numbers.si)
-            _set_num(item, 3, m_sum.get(scope, 0) if macs else None, numbers.si)
+        for scope in own_p:
+            for sc in self._ancestors(scope):
+                p_sum[sc] = p_sum.get(sc, 0) + own_p[scope]
+                m_sum[sc] = m_sum.get(sc, 0) + own_m[scope]
+        rows = [(item, params.get(name), macs.get(name)) for name, item in self._layer_items.items()]
+        rows += [(item, p_sum.get(scope, 0), m_sum.get(scope, 0) if macs else None)
+                 for scope, item in self._scope_items.items()]
+        texts: dict[int, set[str]] = {2: set(), 3: set()}
+
+        def fill(part) -> None:
+            # signals blocked: one layout change at the end instead of a view update per cell
+            self.model.blockSignals(True)
+            try:
+                for item, p, m in part:
+                    texts[2].add(_set_num(item, 2, p, numbers.si))
+                    texts[3].add(_set_num(item, 3, m, numbers.si))
+            finally:
+                self.model.blockSignals(False)
+
+        def done() -> None:
+            self._filling = False
+            self._shown_numbers = (params, macs)
+            self.model.layoutAboutToBeChanged.emit()
+            self.model.layoutChanged.emit()
+            header = self.view.header()
+            cell, head = QFontMetrics(self.view.font()), QFontMetrics(header.font())
+            for col, ts in texts.items():
+                width = max([cell.horizontalAdvance(t) for t in ts] + [head.horizontalAdvance(HEADERS[col])])
+                header.resizeSection(col, width + 18)
+            self._filled()
+
+        self._filling = True
+        self._in_chunks([lambda a=a: fill(rows[a:a + BUILD_CHUNK]) for a in range(0, len(rows), BUILD_CHUNK)],
+                        done)
+
+    def _filled(self) -> None:
+        then, self._after_fill = self._after_fill, None
+        if then is not None:
+            then()
+
+    def _ancestors(self, scope: str) -> list[str]:
+        out = self._ancestor_memo.get(scope)
+        if out is None:
+            parts = scope.split(".") if scope else []
+            out = self._ancestor_memo[scope] = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        return out
 
     # --- selection --------------------------------------------------------------------------
     def scope_at(self, index: QModelIndex) -> str | None:
@@ -198,8 +301,10 @@ def _num_item() -> QStandardItem:
     return item
 
 
-def _set_num(item: QStandardItem, column: int, value, fmt) -> None:
+def _set_num(item: QStandardItem, column: int, value, fmt) -> str:
     parent = item.parent() or item.model().invisibleRootItem()
     cell = parent.child(item.row(), column)
+    text = numbers.UNKNOWN if value is None else fmt(value)
     if cell is not None:
-        cell.setText(numbers.UNKNOWN if value is None else fmt(value))
+        cell.setText(text)
+    return text

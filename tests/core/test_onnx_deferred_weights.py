@@ -1,0 +1,83 @@
+"""The ONNX loader hands out the layer graph before it reads the large weights (``on_graph``),
+counts it right at that point, and finishes with every weight read; symbolic dims written as
+expressions of input dims (``Min(512, seq)``) are evaluated."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import external_data_helper, helper, numpy_helper
+
+from effstudio.core.inputs import parse_input_specs
+from effstudio.core.loaders import open_model
+from effstudio.core.loaders.onnx_shapes import eval_dim
+from effstudio.core.metrics.static import compute_static
+
+
+def _save(tmp_path) -> str:
+    """x (1×seq×64) → MatMul (64×512 weight: 128 KiB, external) → Add (bias, external but small)."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 512)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(512).astype(np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+             helper.make_node("Add", ["m", "b"], ["y"], name="add")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, "seq", 64])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, "Min(512, seq)", 512])],
+                          initializer=[w, b])
+    path = str(tmp_path / "m.onnx")
+    onnx.save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path,
+                    save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    return path
+
+
+def test_graph_comes_before_the_large_weights_and_counts_the_same(tmp_path) -> None:
+    path = _save(tmp_path)
+    seen = {}
+
+    def on_graph(partial) -> None:
+        inits = {t.name: t for t in partial.onnx_model.graph.initializer}
+        seen["w_external"] = external_data_helper.uses_external_data(inits["w"])
+        seen["b_external"] = external_data_helper.uses_external_data(inits["b"])
+        seen["table"] = compute_static(partial)
+        seen["graph"] = partial.graph
+
+    loaded = open_model(path, inputs=parse_input_specs(["x=1x8x64"]), on_graph=on_graph)
+    assert seen["w_external"] and not seen["b_external"]  # big: later; vectors: before
+    assert seen["graph"] is loaded.graph
+    inits = {t.name: t for t in loaded.onnx_model.graph.initializer}
+    assert not any(external_data_helper.uses_external_data(t) for t in inits.values())
+    assert numpy_helper.to_array(inits["w"]).shape == (64, 512)
+    full = compute_static(loaded)
+    assert seen["table"].values == full.values
+    assert full.values["macs"]["mm"] == 8 * 64 * 512
+    assert loaded.graph.tensors["y"].shape == (1, 8, 512)  # Min(512, seq) with seq = 8
+
+
+def test_without_on_graph_the_model_loads_whole(tmp_path) -> None:
+    loaded = open_model(_save(tmp_path))
+    assert not any(external_data_helper.uses_external_data(t) for t in loaded.onnx_model.graph.initializer)
+
+
+@pytest.mark.parametrize(("expr", "want"), [("Min(512, seq)", 128), ("seq - 1", 127), ("2*seq", 256),
+                                            ("Max(seq, 1000)", 1000), ("(seq//2)", 64)])
+def test_dim_expressions_of_known_symbols(expr, want) -> None:
+    assert eval_dim(expr, {"seq": 128}) == want
+
+
+@pytest.mark.parametrize("expr", ["seq", "other + 1", "__import__('os')", "seq.real", "1 - 2*seq", "f(seq)"])
+def test_other_dims_stay_symbolic(expr) -> None:
+    assert eval_dim(expr, {"seq": 128}) is None
+
+
+def test_a_shape_run_reads_the_weights_that_are_not_loaded_yet(tmp_path) -> None:
+    """NonZero's output size is data-dependent: found by running the model, whose large weight
+    is still in its external file at that point (onnxruntime reads it there)."""
+    path = _save(tmp_path)
+    model = onnx.load(path, load_external_data=False)
+    model.graph.node.append(helper.make_node("NonZero", ["y"], ["nz"], name="nz"))
+    model.graph.output.append(helper.make_tensor_value_info("nz", onnx.TensorProto.INT64, None))
+    onnx.save_model(model, path)  # the data file stays as it is
+    loaded = open_model(path, inputs=parse_input_specs(["x=1x8x64"]), on_graph=lambda _partial: None)
+    shape = loaded.graph.tensors["nz"].shape
+    assert shape is not None and shape[0] == 3 and isinstance(shape[1], int) and shape[1] > 0
