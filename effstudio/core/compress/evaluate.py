@@ -27,7 +27,6 @@ from effstudio.core.model import LoadedModel
 from effstudio.core.progress import Progress
 
 BATCH = 64
-_PROTO_LIMIT = 1_800_000_000
 _DEMO_EXPORT = re.compile(r"^(?P<name>[A-Za-z0-9_]+)-[0-9a-f]{16}\.(?P<ext>onnx|pt2)$")
 
 
@@ -157,15 +156,12 @@ class _OnnxRunner:
 
         import onnxruntime as ort
 
-        self._tmp = None
-        model = loaded.onnx_model
-        if model.ByteSize() < _PROTO_LIMIT:
-            source: Any = model.SerializeToString()
-        else:
-            from effstudio.core.compress.modelfile import write_model
+        from effstudio.core.latency.ort_source import ort_source
 
-            self._tmp = tempfile.TemporaryDirectory(prefix="effstudio-eval-")
-            source = str(write_model(loaded, Path(self._tmp.name))[0])
+        # onnxruntime reads the model's own file when it is unchanged, else a copy written tensor by
+        # tensor: serializing a big proto in memory holds the GIL for seconds (freezes the GUI)
+        self._tmp = tempfile.TemporaryDirectory(prefix="effstudio-eval-")
+        source = ort_source(loaded, self._tmp.name)
         so = ort.SessionOptions()
         so.log_severity_level = 3
         self.session = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
