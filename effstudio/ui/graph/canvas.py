@@ -300,6 +300,15 @@ class GraphCanvas(QGraphicsItem):
                                  Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
                                  QFontMetricsF(self.font_name).elidedText(
                                      info, Qt.TextElideMode.ElideRight, max(0.0, hr.width() - tw)))
+            elif lod >= TITLE_LOD:  # zoomed out: the scope's name alone, in a font that stays readable
+                painter.setPen(self.foreground)
+                hr = g.header_rects[i].adjusted(6, 0, -6, 0)
+                font = QFont(self.font_op)
+                font.setPixelSize(max(1, int(min(hr.height() * 0.8, 10.0 / lod))))
+                painter.setFont(font)
+                painter.drawText(hr, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
+                                 QFontMetricsF(font).elidedText(f"▾ {f.label}", Qt.TextElideMode.ElideRight,
+                                                                hr.width()))
 
     def _paint_edges(self, painter: QPainter, g: Geometry, lod: float, x0, y0, x1, y1) -> None:
         """Few edges in view: each on its own, antialiased.  Many: the prepared tiles, without
