@@ -68,12 +68,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def _open(args: argparse.Namespace, bar: ConsoleProgress):
+def _open(args: argparse.Namespace, bar: ConsoleProgress, read_weights: bool = True):
     from effstudio.core.inputs import parse_input_specs
     from effstudio.core.loaders import open_model
 
     return open_model(args.model, inputs=parse_input_specs(args.input), weights=args.weights,
-                      trust=args.trust, progress=bar.progress)
+                      trust=args.trust, progress=bar.progress, read_weights=read_weights)
 
 
 def _fmt_shape(shape) -> str:
@@ -96,7 +96,7 @@ def _print_table(rows: list[list[str]], header: list[str], right: set[int]) -> N
 def cmd_inspect(args: argparse.Namespace) -> int:
     bar = ConsoleProgress()
     try:
-        loaded = _open(args, bar)
+        loaded = _open(args, bar, read_weights=False)  # the graph counts without the large weights
     finally:
         bar.close()
     g = loaded.graph

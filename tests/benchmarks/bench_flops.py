@@ -5,7 +5,11 @@ Run: ``.venv/bin/python tests/benchmarks/bench_flops.py [--quick]`` (needs ``onn
 
 For each model: the same ONNX file is analysed by effstudio (``load_onnx`` + ``compute_static``)
 and by onnx-tool (``Model`` + ``shape_infer`` + ``profile``), best of N runs each, and the
-ratio printed (goal: effstudio >= 3x faster).  Then a count table: effstudio MACs (ONNX and
+ratio printed (goal: effstudio >= 3x faster).  effstudio is timed twice: loading the model whole
+(every weight read into the ModelProto, as the GUI does) and as ``effstudio inspect`` does
+(``read_weights=False``: the large weights stay in their file; the counts are the same).
+onnx-tool has no such mode (it reads every weight's values to build its graph).
+Then a count table: effstudio MACs (ONNX and
 torch graph), onnx-tool's "MACs" in total and on the product ops only, and FlopCounterMode's
 FLOPs / 2, with a footnote for every difference.
 """
@@ -119,8 +123,8 @@ def tool_profile_only(proto: onnx.ModelProto, runs: int) -> float:
     return best
 
 
-def effstudio_onnx(path: Path) -> Any:
-    loaded = load_onnx(path, inputs={}, progress=Progress())
+def effstudio_onnx(path: Path, read_weights: bool = True) -> Any:
+    loaded = load_onnx(path, inputs={}, progress=Progress(), read_weights=read_weights)
     return loaded, compute_static(loaded)
 
 
@@ -160,6 +164,8 @@ def main() -> None:
         runs = 2 if name.startswith("bert") else args.runs
 
         t_eff, (loaded, table) = best_of(runs, lambda p=path: effstudio_onnx(p))
+        t_insp, (_, table_insp) = best_of(runs, lambda p=path: effstudio_onnx(p, read_weights=False))
+        assert table_insp.values == table.values, name
         t_static, _ = best_of(runs, lambda ld=loaded: compute_static(ld))
         proto = onnx.load(str(path))  # weights read once, for the in-memory timings
         t_eff_mem, _ = best_of(runs, lambda m=proto, p=path: effstudio_in_memory(m, p))
@@ -178,7 +184,8 @@ def main() -> None:
         t_torch = compute_static(tl)
         check = t_torch.totals.get("flop_counter_check", {})
         rows.append({
-            "name": name, "t_eff": t_eff, "t_static": t_static, "t_tool": t_tool, "tool_error": tool_error,
+            "name": name, "t_eff": t_eff, "t_insp": t_insp, "t_static": t_static, "t_tool": t_tool,
+            "tool_error": tool_error,
             "t_eff_mem": t_eff_mem, "t_tool_mem": t_tool_mem, "t_tool_prof": t_tool_prof,
             "eff_macs": table.totals["macs"], "eff_flops": table.totals["flops"],
             "eff_uncounted": table.totals["uncounted_layers"], "torch_macs": t_torch.totals["macs"],
@@ -193,14 +200,16 @@ def main() -> None:
           "model already parsed with its weights (effstudio shape inference + layer graph + compute_static;\n"
           "onnx-tool the same calls on the ModelProto).  'static' = compute_static alone.")
     print("'tool shape+profile' = onnx-tool's shape_infer + profile alone, against 'static'.")
-    print(f"{'model':20s} {'eff file':>9s} {'tool file':>10s} {'ratio':>6s} {'eff mem':>9s} {'tool mem':>9s} "
-          f"{'ratio':>6s} {'static':>8s} {'tool shape+profile':>19s}")
+    print("'eff inspect' = load_onnx(read_weights=False) + compute_static (what `effstudio inspect` runs).")
+    print(f"{'model':20s} {'eff file':>9s} {'tool file':>10s} {'ratio':>6s} {'eff inspect':>12s} {'ratio':>6s} "
+          f"{'eff mem':>9s} {'tool mem':>9s} {'ratio':>6s} {'static':>8s} {'tool shape+profile':>19s}")
     for r in rows:
         if r["t_tool"] is None:
-            print(f"{r['name']:20s} {r['t_eff']:9.3f} {'FAILED':>10s} {'-':>6s} {r['t_eff_mem']:9.3f} "
-                  f"{'FAILED':>9s} {'-':>6s} {r['t_static']:8.4f}")
+            print(f"{r['name']:20s} {r['t_eff']:9.3f} {'FAILED':>10s} {'-':>6s} {r['t_insp']:12.3f} {'-':>6s} "
+                  f"{r['t_eff_mem']:9.3f} {'FAILED':>9s} {'-':>6s} {r['t_static']:8.4f}")
             continue
         print(f"{r['name']:20s} {r['t_eff']:9.3f} {r['t_tool']:10.3f} {r['t_tool'] / r['t_eff']:5.1f}x "
+              f"{r['t_insp']:12.3f} {r['t_tool'] / r['t_insp']:5.1f}x "
               f"{r['t_eff_mem']:9.3f} {r['t_tool_mem']:9.3f} {r['t_tool_mem'] / r['t_eff_mem']:5.1f}x "
               f"{r['t_static']:8.4f} {r['t_tool_prof']:19.4f}")
 

@@ -81,3 +81,35 @@ def test_a_shape_run_reads_the_weights_that_are_not_loaded_yet(tmp_path) -> None
     loaded = open_model(path, inputs=parse_input_specs(["x=1x8x64"]), on_graph=lambda _partial: None)
     shape = loaded.graph.tensors["nz"].shape
     assert shape is not None and shape[0] == 3 and isinstance(shape[1], int) and shape[1] > 0
+
+
+def test_read_weights_false_leaves_the_large_weights_in_their_file_and_counts_the_same(tmp_path) -> None:
+    path = _save(tmp_path)
+    specs = parse_input_specs(["x=1x8x64"])
+    light = open_model(path, inputs=specs, read_weights=False)
+    full = open_model(path, inputs=specs)
+    inits = {t.name: t for t in light.onnx_model.graph.initializer}
+    assert external_data_helper.uses_external_data(inits["w"])  # left in m.onnx.data
+    assert not external_data_helper.uses_external_data(inits["b"])  # small: read for shapes/counting
+    assert compute_static(light).values == compute_static(full).values
+    assert light.graph.totals() == full.graph.totals()
+    assert light.graph.totals()["params"] == 64 * 512 + 512
+
+
+def test_inspect_of_an_onnx_model_imports_no_torch_nor_onnxruntime(tmp_path) -> None:
+    """``effstudio inspect`` on an ONNX file whose shapes static inference finds: no torch, no
+    onnxruntime run, no sympy (each costs a second or more to import)."""
+    import json
+    import subprocess
+    import sys
+
+    path = _save(tmp_path)
+    code = ("import json, sys, contextlib, io\n"
+            "from effstudio.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    rc = main(['inspect', {path!r}, '--input', 'x=1x8x64'])\n"
+            "heavy = sorted(m for m in ('torch', 'onnxruntime', 'sympy', 'transformers') if m in sys.modules)\n"
+            "print(json.dumps({'rc': rc, 'heavy': heavy}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rc": 0, "heavy": []}

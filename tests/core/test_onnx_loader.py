@@ -260,17 +260,25 @@ def _with_external(tmp_path: Path, locations: dict[str, str]) -> Path:
 
 @pytest.fixture
 def no_external_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Fail-safe: record every external-data read onnx would do."""
+    """Fail-safe: record every external-data read (the loader's own reader and onnx's)."""
     from onnx import external_data_helper
+
+    from effstudio.core.loaders import onnx_external
 
     reads: list[str] = []
     real = external_data_helper.load_external_data_for_tensor
+    real_read = onnx_external.read_tensor
 
     def spy(tensor, base_dir):
         reads.append(tensor.name)
         return real(tensor, base_dir)
 
+    def spy_read(tensor, *args):
+        reads.append(tensor.name)
+        return real_read(tensor, *args)
+
     monkeypatch.setattr(external_data_helper, "load_external_data_for_tensor", spy)
+    monkeypatch.setattr(onnx_external, "read_tensor", spy_read)
     return reads
 
 
@@ -301,6 +309,17 @@ def test_external_data_outside_the_folder_is_refused_before_reading(
     assert "\n" not in msg and msg.startswith(str(path))
     assert {"dotdot": "escapes", "absolute": "absolute", "symlink": "outside"}[kind] in msg
     assert no_external_reads == []
+
+
+def test_the_read_spy_sees_every_external_tensor(tmp_path: Path, no_external_reads: list[str]) -> None:
+    """The fixture above can fail: a model whose weights lie in the folder is read through it."""
+    (tmp_path / "model").mkdir()
+    w = _linear_model(8).graph.initializer
+    blob = b"".join(t.raw_data if t.raw_data else np.asarray(t.float_data, np.float32).tobytes() for t in w)
+    (tmp_path / "model" / "all.bin").write_bytes(blob)
+    path = _with_external(tmp_path, {t.name: "all.bin" for t in w})
+    _load(path)
+    assert sorted(no_external_reads) == sorted(t.name for t in w)
 
 
 def test_missing_external_data_file(tmp_path: Path, no_external_reads: list[str]) -> None:

@@ -31,9 +31,13 @@ def file_stamp(path: str | os.PathLike, model: onnx.ModelProto) -> tuple | None:
     one is missing or lies outside the model's folder (the loader reports those)."""
     base = Path(path).parent
     files = {Path(path)}
+    seen: set[str] = set()  # tensors share a few files: each location once
     for t in _initializers(model.graph):
         if external_data_helper.uses_external_data(t):
             loc = next((e.value for e in t.external_data if e.key == "location"), "")
+            if loc in seen:
+                continue
+            seen.add(loc)
             parts = loc.replace("\\", "/").split("/")
             if not loc or os.path.isabs(loc) or ".." in parts or ":" in loc:
                 return None

@@ -35,11 +35,14 @@ def open_model(
     trust: bool = False,
     progress: Progress | None = None,
     on_graph: Callable[[LoadedModel], None] | None = None,
+    read_weights: bool = True,
 ) -> LoadedModel:
     """Open ``spec``: a file path, a Hugging Face folder, ``pkg.module:callable`` or ``demo:NAME``.
 
     ``on_graph(loaded)``: called by loaders that can show the layer graph before they finish
     (ONNX: before the large weights are read); see :func:`~.onnx_loader.load_onnx`.
+    ``read_weights=False``: an ONNX model's large external weights are left in their files
+    (for counting and showing only); other formats ignore it.
 
     Raises :class:`~effstudio.core.errors.ModelLoadError` with a one-line message naming the
     file and the problem for anything it cannot open.
@@ -69,7 +72,7 @@ def open_model(
     if fmt == "onnx":
         from effstudio.core.loaders.onnx_loader import load_onnx
 
-        return load_onnx(path, inputs=inputs, progress=progress, on_graph=on_graph)
+        return load_onnx(path, inputs=inputs, progress=progress, on_graph=on_graph, read_weights=read_weights)
     from effstudio.core.loaders import torch_loader
 
     return torch_loader.load_torch_file(path, fmt, inputs=inputs, trust=trust, progress=progress)

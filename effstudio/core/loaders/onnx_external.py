@@ -2,8 +2,11 @@
 
 A model file names the files that hold its weights (``external_data`` entries).  A crafted
 model could name ``/etc/passwd``, ``../../secret`` or a symlink pointing out of the model's
-folder; those are refused with a :class:`ModelLoadError` before anything is opened.  The
-reading itself is onnx's own (which bounds-checks offset and length against the file).
+folder; those are refused with a :class:`ModelLoadError` before anything is opened.  Offsets
+and lengths are checked against the file's size before a byte is read.  Each location is
+checked and each file opened once, not per tensor as ``onnx.external_data_helper`` does; the
+bytes themselves cost two copies (file to ``bytes``, ``bytes`` into the proto: upb takes only
+``bytes`` and copies them), the floor for a ModelProto that holds its weights.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import onnx
 from onnx import external_data_helper
@@ -87,6 +91,33 @@ def check_location(path: Path, base: Path, tensor: onnx.TensorProto) -> Path:
     return Path(target)
 
 
+def _span(path: Path, tensor: onnx.TensorProto, size: int) -> tuple[int, int]:
+    """(offset, length) of ``tensor``'s data in its file of ``size`` bytes, checked against it."""
+    try:
+        info = external_data_helper.ExternalDataInfo(tensor)  # onnx's parsing: known keys, non-negative
+    except ValueError as e:
+        raise ModelLoadError(str(path), f"cannot read external data of tensor {tensor.name!r}: "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    offset = info.offset or 0
+    length = size - offset if info.length is None else info.length
+    if offset > size or length > size - offset:
+        raise ModelLoadError(str(path), f"cannot read external data of tensor {tensor.name!r}: it spans "
+                             f"bytes {offset} to {offset + length} of a {size}-byte file")
+    return offset, length
+
+
+def read_tensor(tensor: onnx.TensorProto, f: BinaryIO, offset: int, length: int) -> None:
+    """Read ``length`` bytes at ``offset`` of the open file ``f`` into ``tensor`` (which then no
+    longer refers to external data), as ``load_external_data_for_tensor`` does."""
+    f.seek(offset)
+    data = f.read(length)
+    if len(data) != length:
+        raise OSError(f"read {len(data)} of {length} bytes")
+    tensor.raw_data = data
+    tensor.data_location = onnx.TensorProto.DEFAULT
+    del tensor.external_data[:]
+
+
 def load_external_data(model: onnx.ModelProto, path: Path, progress: Progress,
                        select: Callable[[onnx.TensorProto], bool] | None = None) -> int:
     """Check every external location of ``model`` (loaded from ``path``), then read the data into
@@ -95,20 +126,39 @@ def load_external_data(model: onnx.ModelProto, path: Path, progress: Progress,
     if not external:
         return 0
     base = path.parent
+    checked: dict[str | None, Path] = {}  # location -> file: tensors share a few files
+    files = []
     for t in external:  # all checked before the first read
-        check_location(path, base, t)
+        loc = _location(t)
+        if loc not in checked:
+            checked[loc] = check_location(path, base, t)
+        files.append(checked[loc])
     if select is not None:
-        external = [t for t in external if select(t)]
-        if not external:
-            return 0
-    n = len(external)
-    for i, t in enumerate(external):
-        if i % 16 == 0:
-            progress.update(i / n, f"reading external data ({i}/{n} tensors)")
+        chosen = [(t, f) for t, f in zip(external, files, strict=True) if select(t)]
+    else:
+        chosen = list(zip(external, files, strict=True))
+    if not chosen:
+        return 0
+    by_file: dict[Path, list[onnx.TensorProto]] = {}
+    for t, f in chosen:
+        by_file.setdefault(f, []).append(t)
+    n, i = len(chosen), 0
+    for target, tensors in by_file.items():
         try:
-            external_data_helper.load_external_data_for_tensor(t, str(base))
-        except (OSError, ValueError, RuntimeError) as e:
-            raise ModelLoadError(str(path), f"cannot read external data of tensor {t.name!r}: "
-                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+            with open(target, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                spans = sorted(((_span(path, t, size), t) for t in tensors), key=lambda st: st[0][0])
+                for (offset, length), t in spans:  # in file order
+                    if i % 16 == 0:
+                        progress.update(i / n, f"reading external data ({i}/{n} tensors)")
+                    i += 1
+                    try:
+                        read_tensor(t, fh, offset, length)
+                    except (OSError, ValueError) as e:
+                        raise ModelLoadError(str(path), f"cannot read external data of tensor {t.name!r}: "
+                                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        except OSError as e:
+            raise ModelLoadError(str(path), f"cannot read external data file {target.name!r}: "
+                                 f"{e.strerror or type(e).__name__}") from e
     progress.update(1.0, f"read external data of {n} tensors")
     return n

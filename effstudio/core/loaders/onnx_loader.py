@@ -75,14 +75,22 @@ def _read_early(t: onnx.TensorProto) -> bool:
     return len(t.dims) <= 1 or onnx_shapes.tensor_nbytes(t) <= onnx_shapes.INT_DATA_BYTES
 
 
+def _same_tensors(a, b) -> bool:
+    return [(t.name, t.shape, t.dtype) for t in a] == [(t.name, t.shape, t.dtype) for t in b]
+
+
 def load_onnx(path: Path, *, inputs: dict[str, InputSpec], progress: Progress,
-              on_graph: Callable[[LoadedModel], None] | None = None) -> LoadedModel:
+              on_graph: Callable[[LoadedModel], None] | None = None, read_weights: bool = True) -> LoadedModel:
     """Load ``path`` into a :class:`LoadedModel` whose graph has one layer per ONNX node.
 
     ``on_graph(loaded)`` is called as soon as the layer graph is built, before the large weights
     are read from external data (seconds for a big model): the caller may show ``loaded.graph``
     and count it (:func:`~effstudio.core.metrics.static.compute_static` reads only small
     tensors), nothing more; the returned model is the same object, complete.
+
+    ``read_weights=False`` returns that model as it is then (for counting and showing only, as
+    ``effstudio inspect`` does): its large tensors still refer to their external files, every
+    location checked.  Reading and copying them is most of the load time of a large model.
 
     ``inputs`` gives shapes (and dtypes) for the model's inputs (``--input``); a symbolic
     leading dim defaults to 1, other symbolic dims stay symbolic.  ``example_inputs`` is filled
@@ -125,11 +133,13 @@ def load_onnx(path: Path, *, inputs: dict[str, InputSpec], progress: Progress,
     loaded = LoadedModel(graph, "onnx", str(path), onnx_model=model, onnx_path=str(path))
     if ctx.renamed == 0:  # the held proto is the file: a runtime may load the file itself
         loaded.onnx_file_stamp = stamp
-    if all(t.shape is not None and all(isinstance(d, int) for d in t.shape) for t in graph.inputs):
+    if feeds is not None and _same_tensors(graph.inputs, resolved):
+        loaded.example_inputs = feeds  # made for the shape run already: the same data
+    elif all(t.shape is not None and all(isinstance(d, int) for d in t.shape) for t in graph.inputs):
         loaded.example_inputs = make_example_inputs(graph.inputs)
     if on_graph is not None:
         on_graph(loaded)
-    if deferred:
+    if deferred and read_weights:
         progress.update(0.5, "reading weights")
         load_external_data(model, path, progress.sub(0.5, 1.0))
     progress.update(1.0, f"loaded {path.name}: {len(graph.layers)} layers")

@@ -13,6 +13,7 @@ Exporters record it in different places:
 from __future__ import annotations
 
 import ast
+import re
 
 import onnx
 
@@ -40,7 +41,15 @@ def join_scope(parts: list[str]) -> str:
     return acc
 
 
+# the usual form, a list of plain single-quoted strings: split without Python's parser (which
+# costs ~0.1 ms a node, a tenth of BERT-base's load); anything else goes to ast.literal_eval
+_SIMPLE_LIST = re.compile(r"\[(?:'[^'\\]*'(?:, '[^'\\]*')*)?\]")
+_ITEM = re.compile(r"'([^'\\]*)'")
+
+
 def _from_name_scopes(value: str) -> str | None:
+    if _SIMPLE_LIST.fullmatch(value):
+        return join_scope(_ITEM.findall(value)[:-1])  # the last entry is the FX node, not a module
     try:
         scopes = ast.literal_eval(value)
     except (ValueError, SyntaxError):

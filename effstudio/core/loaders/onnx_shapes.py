@@ -56,12 +56,11 @@ def type_shape(tp: onnx.TypeProto) -> Shape | None:
         return None  # rank unknown
     out: list[Dim] = []
     for d in tt.shape.dim:
-        if d.HasField("dim_value") and d.dim_value >= 0:
-            out.append(int(d.dim_value))
-        elif d.dim_param:
-            out.append(d.dim_param)
+        if d.WhichOneof("value") == "dim_value":
+            v = d.dim_value
+            out.append(v if v >= 0 else "?")  # -1: "dynamic", as some old exporters write
         else:
-            out.append("?")  # a dynamic dim without a name (or -1, as some old exporters write)
+            out.append(d.dim_param or "?")  # a dynamic dim without a name: "?"
     return tuple(out)
 
 
@@ -130,7 +129,15 @@ def _keep_data(t: onnx.TensorProto) -> bool:
 
 
 def _typed(name: str, t: onnx.TensorProto) -> onnx.ValueInfoProto:
-    return onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims))
+    """What ``onnx.helper.make_tensor_value_info(name, t.data_type, t.dims)`` gives, built
+    directly (the helper's checks cost more than the copy itself)."""
+    vi = onnx.ValueInfoProto(name=name)
+    tt = vi.type.tensor_type
+    tt.elem_type = t.data_type
+    tt.shape.SetInParent()  # a scalar has a shape, of rank 0
+    for d in t.dims:
+        tt.shape.dim.add().dim_value = d
+    return vi
 
 
 def symbol_values(declared: list[TensorInfo], resolved: list[TensorInfo]) -> dict[str, int]:
@@ -180,14 +187,26 @@ def eval_dim(expr: str, symbols: dict[str, int]) -> int | None:
 def _substitute(vi: onnx.ValueInfoProto, symbols: dict[str, int]) -> onnx.ValueInfoProto:
     if not vi.type.HasField("tensor_type"):
         return vi
-    for d in vi.type.tensor_type.shape.dim:
-        if d.dim_param in symbols:
-            d.dim_value = symbols[d.dim_param]  # sets the oneof: dim_param is cleared
-        elif d.dim_param and (v := eval_dim(d.dim_param, symbols)) is not None:
-            d.dim_value = v
-        elif d.HasField("dim_value") and d.dim_value < 0:
+    dims = vi.type.tensor_type.shape.dim
+    if not symbols:
+        for d in dims:
+            if d.dim_value < 0:  # 0 when dim_param is set instead
+                d.Clear()  # -1 for "dynamic" (old exporters): unknown, so inference may fill it
+        return vi
+    for d in dims:
+        kind = d.WhichOneof("value")
+        if kind == "dim_param":
+            param = d.dim_param
+            if param in symbols:
+                d.dim_value = symbols[param]  # sets the oneof: dim_param is cleared
+            elif param and (v := eval_dim(param, symbols)) is not None:
+                d.dim_value = v
+        elif kind == "dim_value" and d.dim_value < 0:
             d.Clear()  # -1 for "dynamic" (old exporters): unknown, so inference may fill it
     return vi
+
+
+_GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 
 def _light_graph(src: onnx.GraphProto, dst: onnx.GraphProto, hoisted: list[onnx.ValueInfoProto],
@@ -204,12 +223,20 @@ def _light_graph(src: onnx.GraphProto, dst: onnx.GraphProto, hoisted: list[onnx.
     for sp in src.sparse_initializer:
         vi = onnx.helper.make_tensor_value_info(sp.values.name, sp.values.data_type, list(sp.dims))
         hoisted.append(vi)
+    plain: list[onnx.NodeProto] = []  # copied in one call each run (names, metadata and all)
     for node in src.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
             big = [a for a in node.attribute if a.name == "value" and a.HasField("t") and not _keep_data(a.t)]
             if big:
+                dst.node.extend(plain)
+                plain.clear()
                 hoisted.append(_typed(node.output[0], big[0].t))
                 continue
+        if not any(a.type in _GRAPH_ATTRS for a in node.attribute):
+            plain.append(node)
+            continue
+        dst.node.extend(plain)
+        plain.clear()
         n = dst.node.add()
         n.input.extend(node.input)
         n.output.extend(node.output)
@@ -228,6 +255,7 @@ def _light_graph(src: onnx.GraphProto, dst: onnx.GraphProto, hoisted: list[onnx.
                     _light_graph(g, na.graphs.add(), hoisted, symbols)
             else:
                 n.attribute.add().CopyFrom(a)
+    dst.node.extend(plain)
     dst.input.extend(src.input)
     dst.output.extend(src.output)
     dst.value_info.extend(src.value_info)
@@ -265,14 +293,17 @@ def light_copy(model: onnx.ModelProto, inputs: list[TensorInfo], symbols: dict[s
     return light
 
 
-def collect_infos(model: onnx.ModelProto) -> dict[str, TensorInfo]:
-    """Name -> TensorInfo of every typed value in the model, subgraphs included."""
+def collect_infos(model: onnx.ModelProto, known: dict[str, TensorInfo] | None = None) -> dict[str, TensorInfo]:
+    """Name -> TensorInfo of every typed value in the model, subgraphs included (those in
+    ``known`` taken from it, not converted again)."""
     out: dict[str, TensorInfo] = {}
+    known = known or {}
 
     def visit(g: onnx.GraphProto) -> None:
         for vi in (*g.input, *g.value_info, *g.output):
             if vi.HasField("type"):
-                out[vi.name] = value_info(vi)
+                t = known.get(vi.name)
+                out[vi.name] = t if t is not None else value_info(vi)
         for node in g.node:
             for a in node.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
@@ -346,7 +377,7 @@ def infer_tensor_infos(model: onnx.ModelProto, inputs: list[TensorInfo], symbols
     Returns the infos and, when inference failed, why (the declared ``value_info`` is used then).
     """
     light = light_copy(model, inputs, symbols)
-    infos = collect_infos(light)
+    found: dict[str, TensorInfo] = {}
     problem: str | None = None
     for data_prop in (True, False):
         try:
@@ -355,9 +386,11 @@ def infer_tensor_infos(model: onnx.ModelProto, inputs: list[TensorInfo], symbols
         except Exception as e:  # onnx raises several kinds (InferenceError, RuntimeError, ...)
             problem = str(e).splitlines()[0] if str(e) else type(e).__name__
             continue
-        infos.update(collect_infos(inferred))
+        found = collect_infos(inferred)
         problem = None
         break
+    infos = collect_infos(light, known=found)  # the stored shapes, where inference found none
+    infos.update(found)
     if feeds is not None:
         from effstudio.core.loaders.onnx_run_shapes import fill_shapes_by_running
 
