@@ -18,8 +18,11 @@ through its own tokenizer, one sentence per run.  Variants:
 - ``ort per-channel``: the same with ``per_channel=True``;
 - ``ours: all``: ``quant.int8_dynamic`` (per-channel, all-zero zero points dropped) on every
   MatMul with a weight and the three embedding tables;
-- ``ours: chosen``: per-layer sensitivity measured on the sentences (each MatMul quantized
-  alone; the drop of the worst sentence's cosine), then the most sensitive MatMuls, fewest
+- ``ours: policy``: ``choose_int8_policy`` (effstudio.core.compress.auto_int8): every candidate
+  quantized, each put back to float alone (leave-one-out gain in the worst sentence's cosine),
+  then layers kept float in the order of gain per weight element until the worst cosine reaches
+  ``--goal`` (at most ``--max-float`` of the weights float); one ``quant.int8_dynamic`` step;
+- ``ours: weight-only``: the same ranking, the most sensitive MatMuls, fewest
   first, get ``quant.weight_only`` 8-bit instead (MatMulNBits: weights in blocks of 32,
   activations quantized per block of 32 in the kernel, far finer than one scale per tensor)
   until the worst cosine reaches ``--goal``; the rest ``quant.int8_dynamic`` as above.
@@ -46,6 +49,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from effstudio.core.compress.auto_int8 import choose_int8_policy
 from effstudio.core.compress.registry import get_technique
 from effstudio.core.loaders import open_model
 from effstudio.core.model import LoadedModel
@@ -255,7 +259,7 @@ def export_minilm(folder: Path) -> tuple[Path, Callable]:
     return out, tokenize
 
 
-def bench_minilm(threads: int, rounds: int, goal: float, max_sensitive: int) -> None:
+def bench_minilm(threads: int, rounds: int, goal: float, max_sensitive: int, max_float: float) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
     print("\n== all-MiniLM-L6-v2 (real weights), 50 sentences, dynamic int8 ==", flush=True)
@@ -286,24 +290,28 @@ def bench_minilm(threads: int, rounds: int, goal: float, max_sensitive: int) -> 
     print(f"quant.int8_dynamic applies to {len(candidates)} layers ({len(matmuls)} MatMuls with a weight, "
           f"{len(candidates) - len(matmuls)} embedding tables); worst cosine with all of them: {worst(ours_all):.4f}")
 
-    # sensitivity: each MatMul quantized alone, the drop of the worst sentence's cosine
+    # the per-layer policy (effstudio.core.compress.auto_int8): leave-one-out sensitivity, then the
+    # layers with the most worst-case cosine per weight element kept float until the goal
     t0 = time.perf_counter()
-    sens = {}
-    for i, name in enumerate(matmuls):
-        one = DYNAMIC.apply(parent, cfg, [name], Progress()).model
-        sens[name] = 1.0 - worst(one)
-        discard(one)
-        if i % 6 == 5:
-            print(f"  sensitivity {i + 1}/{len(matmuls)} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    ranked = sorted(matmuls, key=lambda n: -sens[n])
-    scope = {n: parent.graph.layer(n).scope for n in matmuls}
-    print("most sensitive MatMuls (1 - worst cosine when quantized alone):")
-    for n in ranked[:6]:
-        print(f"  {sens[n]:.5f}  {n}  ({scope[n]})")
 
+    class Say(Progress):
+        def update(self, fraction: float, message: str = "") -> None:
+            if "back to float" not in message:
+                print(f"  policy {fraction:.0%} ({time.perf_counter() - t0:.0f} s): {message}", flush=True)
+
+    policy = choose_int8_policy(parent, feeds, goal, Say(), max_float_fraction=max_float)
+    auto = policy.model
+    scope = {n: parent.graph.layer(n).scope for n in candidates}
+    print("largest leave-one-out gains (worst cosine with that layer alone float):")
+    for n in sorted(policy.gains, key=lambda n: -policy.gains[n])[:6]:
+        print(f"  {policy.gains[n]:+.5f}  {n}  ({scope[n]})")
+    print(f"policy: {'; '.join(policy.notes)}; kept float: {', '.join(scope[n] for n in policy.kept_float) or '-'}")
+
+    # the same ranking, 8-bit weight-only (MatMulNBits) instead of float for the most sensitive MatMuls
+    ranked = sorted((n for n in matmuls if n in policy.gains), key=lambda n: -policy.gains[n])
     chosen, chosen_worst, k_used = ours_all, worst(ours_all), 0
     for k in range(1, max_sensitive + 1):
-        if chosen_worst >= goal:
+        if chosen_worst >= goal or not ranked:
             break
         keep = ranked[:k]
         first = DYNAMIC.apply(parent, cfg, [n for n in candidates if n not in keep], Progress()).model
@@ -314,12 +322,12 @@ def bench_minilm(threads: int, rounds: int, goal: float, max_sensitive: int) -> 
             discard(chosen)
         chosen, chosen_worst, k_used = step, worst(step), k
         print(f"  {k} most sensitive as 8-bit weight-only: worst cosine {chosen_worst:.4f}", flush=True)
-    print(f"chosen: {k_used} MatMul(s) as MatMulNBits 8-bit ({', '.join(scope[n] for n in ranked[:k_used])}), "
+    print(f"weight-only: {k_used} MatMul(s) as MatMulNBits 8-bit ({', '.join(scope[n] for n in ranked[:k_used])}), "
           f"{len(candidates) - k_used} layers dynamic int8")
 
     variants: dict[str, object] = {
         "float32": src, "ort defaults": tmp / "ort_defaults.onnx", "ort per-channel": tmp / "ort_per_channel.onnx",
-        "ours: all": ours_all, "ours: chosen": chosen,
+        "ours: all": ours_all, "ours: weight-only": chosen, "ours: policy": auto,
     }
     sessions = {k: session(v.onnx_model if isinstance(v, LoadedModel) else v, threads) for k, v in variants.items()}
     outs = {k: run_all(s, feeds) for k, s in sessions.items()}
@@ -336,11 +344,11 @@ def bench_minilm(threads: int, rounds: int, goal: float, max_sensitive: int) -> 
     print(f"({threads} onnxruntime thread(s), {_clock(threads)}, one sentence per run, median of {rounds} "
           "interleaved rounds)")
     d, ours = rows[1], rows[-1]
-    ok_speed = t["ort defaults"] >= t["ours: chosen"]
-    for v in (ours_all, chosen):
+    ok_speed = t["ort defaults"] >= t["ours: policy"]
+    for v in (ours_all, chosen, auto):
         discard(v)
     shutil.rmtree(tmp, ignore_errors=True)
-    print(f"ours: chosen vs ort defaults: speed {'>=' if ok_speed else '<'} theirs "
+    print(f"ours: policy vs ort defaults: speed {'>=' if ok_speed else '<'} theirs "
           f"({ours['speedup']} vs {d['speedup']}), worst cosine {ours['cosine worst']} vs {d['cosine worst']} "
           f"(goal {goal}), weight bytes {ours['weight bytes']} (goal <= 0.30)")
 
@@ -352,13 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=("cnn", "minilm"))
     ap.add_argument("--goal", type=float, default=0.99, help="worst-case embedding cosine to reach")
     ap.add_argument("--max-sensitive", type=int, default=8, help="most MatMuls to give 8-bit weight-only")
+    ap.add_argument("--max-float", type=float, default=0.25,
+                    help="most of the candidate weights the policy may keep float (fraction)")
     args = ap.parse_args(argv)
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     logging.getLogger("root").setLevel(logging.ERROR)
     if args.only in (None, "cnn"):
         bench_cnn(args.threads, args.rounds)
     if args.only in (None, "minilm"):
-        bench_minilm(args.threads, args.rounds, args.goal, args.max_sensitive)
+        bench_minilm(args.threads, args.rounds, args.goal, args.max_sensitive, args.max_float)
     return 0
 
 

@@ -132,7 +132,7 @@ def test_dynamic_onnx_mlp_quantizes_exactly_the_selected_gemms():
 
 @pytest.mark.parametrize("name, selection, left", [
     ("mlp", ["layers.0", "classifier"], "layers.2"),
-    pytest.param("lstm", ["lstm.lstm"], "classifier", marks=pytest.mark.slow),
+    pytest.param("lstm", ["lstm"], "classifier", marks=pytest.mark.slow),
 ])
 def test_dynamic_torch_mlp_and_lstm(name, selection, left):
     if True:
@@ -426,3 +426,19 @@ def test_weight_only_torch_mlp(bits):
     assert res.expectation.kind == "smaller-only"
     check_io_unchanged(parent, res.model)
     check_quality(parent, res.model, cosine=0.99, drop=0.01 if bits == 8 else 0.02)
+
+
+def test_dynamic_onnx_steps_chain():
+    """A second dynamic-int8 step on a model an earlier step quantized in part: the layers the first
+    step quantized are not 'outside the selection' of the second."""
+    from effstudio.core.compress.session import Session
+
+    parent = demo("mlp.onnx")
+    session = Session(parent, measure=False)
+    first = op_names(parent, "Gemm")[0]
+    v1 = session.apply("quant.int8_dynamic", {"per_channel": True}, [first], measure=False)
+    second = op_names(v1.model, "Gemm")[0]
+    v2 = session.apply("quant.int8_dynamic", {"per_channel": False}, [second], measure=False)
+    assert v2.parent_id == v1.id
+    ops = [lay.op_type for lay in v2.model.graph.layers]
+    assert ops.count("MatMulInteger") == 2

@@ -182,11 +182,15 @@ def _verify_onnx(loaded: LoadedModel, result, selection: list[str]
                  ) -> tuple[list[str], list[str], dict[str, str]]:
     """(selected layers now 8-bit, selected layers left float, layer -> stored dtype); raises if an
     unselected layer changed or none of the selected did."""
-    by_layer = U.storage_by_layer(result, loaded.graph.names())
-    dtype_of = {name: s.dtype for name, stored in by_layer.items() for s in stored
+    def int8_layers(model) -> dict[str, str]:
+        by_layer = U.storage_by_layer(model, loaded.graph.names())
+        return {name: s.dtype for name, stored in by_layer.items() for s in stored
                 if (s.op_type in _QUANTIZED_OPS or s.op_type == "Gather") and s.dtype in ("int8", "uint8")}
+
+    dtype_of = int8_layers(result)
     quantized = set(dtype_of)
-    stray = sorted(quantized - set(selection))
+    already = set(int8_layers(loaded.onnx_model))  # quantized by an earlier step: not this step's doing
+    stray = sorted(quantized - set(selection) - already)
     if stray:
         raise CompressError(f"onnxruntime quantized {len(stray)} layer(s) outside the selection: "
                             f"{', '.join(stray[:8])}; the step was not applied")
