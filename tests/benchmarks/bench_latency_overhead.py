@@ -7,8 +7,8 @@ Each form is measured ``--repeats`` times; the medians are printed with the spre
 layers got a time, fused kernels and the runtime-only share.  Random weights (fixed seed) are
 used when a demo's trained weights are not there: latency does not depend on weight values.
 A ratio above 1 is the profiler's per-node overhead; below 1, time outside the measured nodes.
-On a loaded machine the ratio drifts below 1 (per-layer medians drop the preemptions that the
-end-to-end median keeps).
+On a loaded machine run it with ``--threads 1``: with as many threads as busy cores every
+parallel op can stall, and end-to-end medians swing 10× from one measurement to the next.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from effstudio.core.latency import (
 from effstudio.core.latency.ort_fusion import map_runtime_nodes
 from effstudio.core.latency.ort_latency import node_medians
 from effstudio.core.latency.result import split_time
-from effstudio.core.latency.stats import MIN_RUNS, RunPlan, summarize, time_runs
+from effstudio.core.latency.stats import MIN_RUNS, RunPlan, summarize, time_runs, typical_breakdown
 from effstudio.core.loaders.onnx_loader import load_onnx
 from effstudio.core.loaders.torch_graph import loaded_from_module
 from effstudio.core.progress import Cancelled, Progress
@@ -325,6 +325,91 @@ def test_module_time_is_shared_by_measured_op_times(torch_net) -> None:
     assert r.per_layer_ms[root[0]] == pytest.approx(1.5)
     assign_modules(torch_net, {"": 2.0}, {}, None, r)
     assert r.per_layer_ms[root[0]] == pytest.approx(1.0)
+
+
+def test_typical_breakdown_adds_up_to_a_typical_run() -> None:
+    # each run is slowed (+10) at one part: every part's median drops that, the median run keeps it
+    runs = [{"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0} for _ in range(8)]
+    for i, r in enumerate(runs):
+        r["abcd"[i % 4]] += 10.0
+    runs.append({"a": 1.0, "b": 1.0, "c": 1.0})  # "d" missing from a run counts 0 there
+    totals = [sum(r.values()) for r in runs]
+    assert sum(float(np.median([r.get(k, 0.0) for r in runs])) for k in "abcd") == 4.0  # 0.29× the median run
+    parts = typical_breakdown(runs)
+    assert set(parts) == set("abcd")
+    assert sum(parts.values()) == pytest.approx(float(np.median(totals)))
+    # the typical fifth of 9 runs: the 2 ranked around the median, runs 2 and 3 (ties keep their order)
+    assert parts == pytest.approx({"a": 1.0, "b": 1.0, "c": 6.0, "d": 6.0})
+    stalled = [{"a": 1.0, "b": 1.0}] * 6 + [{"a": 1.0, "b": 20.0}] * 4  # 4 of 10 runs stalled
+    assert typical_breakdown(stalled) == {"a": 1.0, "b": 1.0}  # the median run, not the stalls
+    assert typical_breakdown([]) == {}
+
+
+def test_time_runs_interleaves_untimed_runs() -> None:
+    calls: list[str] = []
+    times = time_runs(lambda: calls.append("timed"), RunPlan(runs=3), Progress(), "t",
+                      between=lambda: calls.append("between"))
+    assert len(times) == 3 and calls == ["timed", "between"] * 3
+
+
+def test_hook_cost_is_taken_out_of_the_parents() -> None:
+    from effstudio.core.latency.torch_latency import _HookRuns
+
+    net = nn.Sequential(nn.ReLU(), nn.ReLU())
+    hooks = _HookRuns(net, None)
+    x = torch.zeros(4)
+    with torch.inference_mode():
+        for _ in range(3):
+            hooks.run(lambda: net(x))
+    assert hooks.calls == [3, 3, 3] and hooks.child_calls[0] == {"": 2}
+    assert set(hooks.self_ns[0]) == {"", "0", "1"}
+    assert not net._forward_hooks and not net[0]._forward_pre_hooks  # attached for the hooked runs only
+    # synthetic runs: the root's self time holds 2 child calls' hook cost
+    hooks.self_ns = [{"": 30_000, "0": 5_000, "1": 5_000}] * 3
+    hooks.child_calls = [{"": 2}] * 3
+    hooks.wall_ms = [0.050, 0.052, 0.054]
+    assert hooks.per_call_ms([0.020, 0.022, 0.030]) == pytest.approx((0.052 - 0.022) / 3)
+    assert hooks.per_call_ms([0.060]) == 0.0  # hooked runs no slower: nothing to take out
+    ms = hooks.module_ms(0.010)
+    assert ms == pytest.approx({"": 0.010, "0": 0.005, "1": 0.005})
+    assert hooks.module_ms(0.020)[""] == 0.0  # never negative
+
+
+def test_transformer_layer_is_timed_without_hooks_so_its_fast_path_stays_on() -> None:
+    from effstudio.core.latency.torch_latency import _HookRuns
+
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), 2,
+                                enable_nested_tensor=False).eval()
+    hooks = _HookRuns(enc, None)
+    assert hooks.tree.opaque == {"layers.0", "layers.1"}
+    hooks.tree.attach()
+    for m in enc.layers[0].modules():  # the fast path turns off if any of these has a hook
+        assert not m._forward_hooks and not m._forward_pre_hooks
+    assert "forward" in vars(enc.layers[0]) and enc._forward_pre_hooks
+    hooks.tree.remove()
+    assert "forward" not in vars(enc.layers[0]) and not enc._forward_pre_hooks
+    x = torch.randn(1, 4, 8)
+    with torch.inference_mode():
+        expected = enc(x)
+        hooks.run(lambda: enc(x))
+        assert torch.equal(enc(x), expected)
+    assert set(hooks.self_ns[0]) == {"", "layers.0", "layers.1"} and hooks.child_calls[0] == {"": 2}
+
+
+def test_opaque_module_time_covers_its_subtree(torch_net) -> None:
+    from effstudio.core.latency.torch_latency import assign_modules
+
+    r = LatencyResult("torch", "cpu", 1, summarize([1.0]))
+    assign_modules(torch_net, {"block": 1.0}, {}, None, r, opaque=frozenset({"block"}))
+    assert r.per_layer_ms == {"block.0": 0.5, "block.1": 0.5} and r.fused == {"block": ["block.0", "block.1"]}
+
+
+def test_torch_per_layer_reports_the_hook_overhead(torch_net) -> None:
+    r = measure_latency(torch_net, runs=5, threads=1)
+    assert r.overhead_ms is not None and r.overhead_ms >= 0
+    assert r.per_layer_runs == 5  # one hooked run after each end-to-end run
+    assert "less the hooks' cost" in r.method and "typical fifth" in r.method
+    assert LatencyResult.from_json(r.to_json()).overhead_ms == r.overhead_ms
 
 
 def test_torch_cancel(torch_net) -> None:

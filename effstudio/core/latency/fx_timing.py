@@ -10,7 +10,6 @@ each node maps to its layer through ``LayerGraph.producers()``.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -34,7 +33,8 @@ def _flat_args(gm: Any, kwargs: Mapping[str, Any]) -> list[Any]:
 
 def fx_node_times(gm: Any, kwargs: Mapping[str, Any], runs: int, progress: Progress,
                   sync: Any = None) -> dict[str, float]:
-    """Median ms per FX node name over ``runs`` interpreted runs (after one warm-up run)."""
+    """ms per FX node name over ``runs`` interpreted runs (after a warm-up): its mean over the
+    typical runs (:func:`.stats.typical_breakdown`), so that the nodes add up to a typical run."""
     import torch
 
     class _Timed(torch.fx.Interpreter):
@@ -54,7 +54,7 @@ def fx_node_times(gm: Any, kwargs: Mapping[str, Any], runs: int, progress: Progr
 
     args = _flat_args(gm, kwargs)
     interp = _Timed()
-    per_run: list[dict[str, int]] = []
+    per_run: list[dict[str, float]] = []
 
     def run() -> None:
         interp.times = {}
@@ -64,8 +64,7 @@ def fx_node_times(gm: Any, kwargs: Mapping[str, Any], runs: int, progress: Progr
     stats.warm_up(run, progress, "warming up the node-by-node run")
     per_run.clear()
     stats.time_runs(run, stats.RunPlan(runs=runs), progress, "timing each op")
-    names = {k for r in per_run for k in r}
-    return {k: statistics.median(r.get(k, 0) for r in per_run) / 1e6 for k in names}
+    return {k: v / 1e6 for k, v in stats.typical_breakdown(per_run).items()}
 
 
 def layer_times(node_ms: Mapping[str, float], producers: Mapping[str, str]) -> tuple[dict[str, float],

@@ -24,6 +24,7 @@ class LatencyResult:
     eliminated: list[str] = field(default_factory=list)  # layers the runtime removed (folded): 0 ms
     runtime_nodes: dict[str, float] = field(default_factory=dict)  # what makes up per_layer_ms[RUNTIME_KEY]
     per_layer_runs: int = 0  # profiled runs behind the per-layer medians
+    overhead_ms: float | None = None  # measured instrumentation cost per run, already taken out of per_layer_ms
     method: str = ""  # one line: how the numbers were obtained
 
     @property

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,8 +86,11 @@ def warm_up(fn: Callable[[], object], progress: Progress, message: str) -> int:
 
 
 def time_runs(fn: Callable[[], object], plan: RunPlan, progress: Progress, message: str,
-              sync: Callable[[], None] | None = None) -> list[float]:
+              sync: Callable[[], None] | None = None, between: Callable[[], object] | None = None) -> list[float]:
     """Call ``fn`` until ``plan`` is met; the wall time of each call in ms.
+
+    ``between``, when given, is called untimed after each timed call (runs interleaved with the
+    timed ones see the same machine load).
 
     ``sync`` (e.g. ``torch.cuda.synchronize``) is called before the clock stops so that
     asynchronous devices are timed to completion.  ``progress.update`` is called per run and
@@ -105,3 +108,28 @@ def time_runs(fn: Callable[[], object], plan: RunPlan, progress: Progress, messa
         if sync is not None:
             sync()
         times.append((time.perf_counter_ns() - t0) / 1e6)
+        if between is not None:
+            between()
+
+
+TYPICAL_SHARE = 0.2  # typical runs: this share of the runs, those whose totals rank around the median
+
+
+def typical_breakdown(per_run: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per key, its mean over the *typical* runs: the fifth of the runs (at least one) whose
+    totals (sum over keys) rank around the median total; a key missing from a run counts 0 there.
+
+    The parts then add up to about the median run.  A median per key would not: when each run
+    is slowed at a random part (a preempted thread, a page fault) every part's median drops its
+    slow runs while the median run keeps one, and on a loaded 2-core machine the sum of
+    per-module medians came to 0.2× the end-to-end median.  The middle half was too wide there:
+    with a quarter of the runs stalled 10×, its mean sat well above the median.
+    """
+    if not per_run:
+        return {}
+    order = sorted(range(len(per_run)), key=lambda i: sum(per_run[i].values()))
+    k = max(1, round(len(order) * TYPICAL_SHARE))
+    start = (len(order) - k) // 2
+    typical = [per_run[i] for i in order[start:start + k]]
+    keys = {k for r in per_run for k in r}
+    return {key: sum(r.get(key, 0.0) for r in typical) / len(typical) for key in keys}
