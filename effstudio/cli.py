@@ -219,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
     for name, (_fn, help_) in COMMANDS.items():
-        sp = sub.add_parser(name, help=help_, description=help_)
+        sp = sub.add_parser(name, help=help_, description=help_,
+                            epilog=f"built-in demo models: {_demo_names()} "
+                                   "(add .onnx or .pt2 for the exported copy, e.g. demo:cnn.onnx)")
         _add_model_args(sp)
         if name in VERB_ARGS:
             VERB_ARGS[name](sp)

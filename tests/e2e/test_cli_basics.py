@@ -26,3 +26,15 @@ def test_missing_file_is_one_line_exit_2(capsys, tmp_path) -> None:
     assert main(["inspect", str(missing)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(missing) in err[0] and "no such file" in err[0]
+
+
+def test_model_verbs_help_lists_the_demo_models(capsys) -> None:
+    from effstudio.core.zoo import DEMOS
+
+    try:
+        main(["inspect", "--help"])
+    except SystemExit as e:
+        assert e.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for name in DEMOS:
+        assert f"demo:{name}" in out
