@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from effstudio.core.errors import EffstudioError
@@ -9,13 +11,16 @@ from effstudio.core.model import LoadedModel
 from effstudio.core.progress import Progress
 
 
-def _onnx_values(model, name: str) -> np.ndarray | None:
+def _onnx_values(model, name: str, base_dir: str = "") -> np.ndarray | None:
+    """The named initializer / Constant; a large weight the loader left in its external data file
+    (the GUI opens models without reading them) is read from that file (``base_dir``: the model's
+    folder; every location was checked to stay inside it when the model was opened)."""
     from onnx import numpy_helper
 
     def visit(graph) -> np.ndarray | None:
         for init in graph.initializer:
             if init.name == name:
-                return numpy_helper.to_array(init)
+                return numpy_helper.to_array(init, base_dir=base_dir)
         for node in graph.node:
             if node.op_type == "Constant" and name in node.output:
                 for attr in node.attribute:
@@ -61,8 +66,11 @@ def _torch_values(loaded: LoadedModel, name: str) -> np.ndarray | None:
 
 def weight_values(loaded: LoadedModel, weight_name: str) -> np.ndarray:
     """The values of the weight ``weight_name`` as a numpy array (a copy for torch models)."""
-    arr = _onnx_values(loaded.onnx_model, weight_name) if loaded.onnx_model is not None \
-        else _torch_values(loaded, weight_name)
+    if loaded.onnx_model is not None:
+        base_dir = os.path.dirname(loaded.onnx_path) if loaded.onnx_path else ""
+        arr = _onnx_values(loaded.onnx_model, weight_name, base_dir)
+    else:
+        arr = _torch_values(loaded, weight_name)
     if arr is None:
         raise EffstudioError(f"{loaded.path}: no weight named {weight_name!r} in the model")
     return np.asarray(arr)

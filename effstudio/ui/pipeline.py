@@ -91,7 +91,10 @@ def open_and_profile(
         while not shown.drawn.wait(0.05) and time.monotonic() < deadline:
             progress.check()
 
-    loaded = open_model(spec, inputs=inputs, trust=trust, progress=progress.sub(0.0, 0.45), on_graph=on_graph)
+    # large ONNX weights stay in their file: onnxruntime reads the file itself, the histogram reads one
+    # weight on demand, and copying them into the model would hold the GIL for hundreds of ms (a frozen window)
+    loaded = open_model(spec, inputs=inputs, trust=trust, progress=progress.sub(0.0, 0.45), on_graph=on_graph,
+                        read_weights=False)
     if early.get("graph") is loaded.graph:
         table = early["table"]
     else:

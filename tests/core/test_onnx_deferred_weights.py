@@ -113,3 +113,19 @@ def test_inspect_of_an_onnx_model_imports_no_torch_nor_onnxruntime(tmp_path) -> 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rc": 0, "heavy": []}
+
+
+def test_unread_weights_still_give_values_and_latency(tmp_path) -> None:
+    """The GUI opens with ``read_weights=False``: a weight's histogram is read from its file, and
+    onnxruntime runs the model from the file itself."""
+    from effstudio.core.latency import measure_latency
+    from effstudio.core.weights import weight_values
+
+    path = _save(tmp_path)
+    loaded = open_model(path, inputs=parse_input_specs(["x=1x8x64"]), read_weights=False)
+    inits = {t.name: t for t in loaded.onnx_model.graph.initializer}
+    assert external_data_helper.uses_external_data(inits["w"])  # really left in the file
+    expected = numpy_helper.to_array(onnx.load(path).graph.initializer[0])
+    np.testing.assert_array_equal(weight_values(loaded, "w"), expected)
+    result = measure_latency(loaded, runs=3, per_layer=False)
+    assert result.e2e_ms["median"] > 0
