@@ -78,3 +78,15 @@ def weights_of(loaded: LoadedModel) -> dict[str, np.ndarray]:
 def same_weights(a: LoadedModel, b: LoadedModel) -> bool:
     wa, wb = weights_of(a), weights_of(b)
     return wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
+_DEMOS: dict[str, object] = {}
+
+
+def cached_demo(name: str):
+    """Each demo loaded once per test session (loading and exporting take seconds)."""
+    from effstudio.core.zoo import load_demo
+
+    if name not in _DEMOS:
+        _DEMOS[name] = load_demo(name)
+    return _DEMOS[name]

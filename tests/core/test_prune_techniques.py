@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from compress_models import cached_demo as demo
 from onnx import numpy_helper
 from test_onnx_channel_groups import cut_inputs  # tests/core is on sys.path (pytest rootdir mode)
 
@@ -18,18 +19,10 @@ from effstudio.core.compress.techniques.prune_channels import preview
 from effstudio.core.compress.techniques.prune_channels_onnx import prune_onnx_channels
 from effstudio.core.loaders.torch_graph import loaded_from_module
 from effstudio.core.progress import Progress
-from effstudio.core.zoo import digits, load_demo
+from effstudio.core.zoo import digits
 
 UNSTRUCTURED = get_technique("prune.unstructured")
 CHANNELS = get_technique("prune.channels")
-_CACHE: dict[str, object] = {}
-
-
-def demo(name: str):
-    """Each demo loaded once per test session (loading and exporting take seconds)."""
-    if name not in _CACHE:
-        _CACHE[name] = load_demo(name)
-    return _CACHE[name]
 
 
 def top1(loaded) -> float:

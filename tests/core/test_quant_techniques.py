@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from compress_models import cached_demo as demo
 from onnx import numpy_helper
 
 from effstudio.core.compress.base import CompressError
@@ -19,20 +20,12 @@ from effstudio.core.compress.registry import config_from_dict, get_technique
 from effstudio.core.compress.techniques import _onnx_quant_util as U
 from effstudio.core.compress.techniques.quant_dynamic import CONV_REASON
 from effstudio.core.progress import Progress
-from effstudio.core.zoo import digits, load_demo
+from effstudio.core.zoo import digits
 
 DYNAMIC = get_technique("quant.int8_dynamic")
 STATIC = get_technique("quant.int8_static")
 HALF = get_technique("quant.fp16")
 WEIGHT_ONLY = get_technique("quant.weight_only")
-_CACHE: dict[str, object] = {}
-
-
-def demo(name: str):
-    """Each demo loaded once per test session (loading and exporting take seconds)."""
-    if name not in _CACHE:
-        _CACHE[name] = load_demo(name)
-    return _CACHE[name]
 
 
 def top1(loaded) -> float:

@@ -349,29 +349,26 @@ class GraphView(QWidget):
         self._change_expanded(self._current_expanded() | need, center=matches[0])
         return matches
 
+    def _shown_scope(self, scope: str) -> str | None:
+        """The drawn scope that stands for ``scope`` (None: no graph, unknown or not drawn)."""
+        if self._hl is None:
+            return None
+        try:
+            return self._hl.tree.shown_scope(scope) or None
+        except KeyError:
+            return None
+
     def expand(self, scope: str) -> None:
         """Show the children of ``scope`` (a module path; its ancestors are expanded too)."""
-        if self._hl is None:
-            return
-        tree = self._hl.tree
-        try:
-            s = tree.shown_scope(scope)
-        except KeyError:
-            return
+        s = self._shown_scope(scope)
         if s:
-            self._change_expanded(self._current_expanded() | set(tree.ancestors(s)), center=s)
+            self._change_expanded(self._current_expanded() | set(self._hl.tree.ancestors(s)), center=s)
 
     def collapse(self, scope: str) -> None:
         """Show ``scope`` as one group box (its sub-scopes collapse with it)."""
-        if self._hl is None:
-            return
-        tree = self._hl.tree
-        try:
-            s = tree.shown_scope(scope)
-        except KeyError:
-            return
+        s = self._shown_scope(scope)
         if s:
-            gone = {s, *tree.descendants(s)}
+            gone = {s, *self._hl.tree.descendants(s)}
             self._change_expanded(self._current_expanded() - gone, center=s)
 
     def expand_all_to_depth(self, depth: int) -> None:
