@@ -424,6 +424,13 @@ def _longest_path_ranks(n: int, edges: list[tuple[int, int]]) -> list[int]:
     return rank
 
 
+def import_backend() -> None:
+    """Import the layout library now (about 0.1 s), for a caller that knows a layout follows and
+    has a quieter moment for it than the layout itself (the GUI's load worker, before the window
+    gets busy drawing the new model)."""
+    import igraph  # noqa: F401
+
+
 def sugiyama(n: int, edges: list[tuple[int, int]], in_port: int = -1, out_port: int = -1,
              maxiter: int = MAXITER) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Rows, x order and edge bend points for ``n`` vertices (igraph's Sugiyama layout).

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from effstudio.core import layout
 from effstudio.core.graph import LayerGraph
 from effstudio.core.inputs import InputSpec
+from effstudio.core.latency.isolated import MeasuringProcess, import_ahead, measure_latency_isolated
 from effstudio.core.metrics.table import MetricsTable
 from effstudio.core.model import LoadedModel
 from effstudio.core.progress import Progress
@@ -59,11 +61,13 @@ def static_metrics(loaded: LoadedModel, progress: Progress) -> MetricsTable:
     return compute_static(loaded, progress)
 
 
-def measure(loaded: LoadedModel, progress: Progress) -> Measured:
-    """Time ``loaded`` on this machine (the core's defaults: warm-up, repeats, median)."""
-    from effstudio.core.latency import latency_metrics, measure_latency
+def measure(loaded: LoadedModel, progress: Progress, process: MeasuringProcess | None = None) -> Measured:
+    """Time ``loaded`` on this machine (the core's defaults: warm-up, repeats, median), in a
+    child process at a lower priority for ONNX (``process`` when started ahead) so the window
+    stays smooth meanwhile."""
+    from effstudio.core.latency import latency_metrics
 
-    result = measure_latency(loaded, progress=progress)
+    result = measure_latency_isolated(loaded, progress=progress, process=process)
     return Measured(latency_metrics(result, loaded.graph), result)
 
 
@@ -77,6 +81,20 @@ def open_and_profile(
     publish: Callable[[object], None],
 ) -> Measured | None:
     """Load ``spec``, publish :class:`Opened` (static numbers), then return :class:`Measured`."""
+    # an ONNX file's latency is measured in a child process: it starts now and imports
+    # onnxruntime while the model loads and the window draws it, not after
+    process = MeasuringProcess() if latency and spec.lower().endswith(".onnx") else None
+    try:
+        return _open_and_profile(spec, trust=trust, inputs=inputs, latency=latency, progress=progress,
+                                 publish=publish, process=process)
+    finally:
+        if process is not None:
+            process.close()
+
+
+def _open_and_profile(spec: str, *, trust: bool, inputs: dict[str, InputSpec] | None, latency: bool,
+                      progress: Progress, publish: Callable[[object], None],
+                      process: MeasuringProcess | None) -> Measured | None:
     from effstudio.core.loaders import open_model
 
     progress.update(0.0, f"opening {spec}")
@@ -85,6 +103,12 @@ def open_and_profile(
     def on_graph(partial: LoadedModel) -> None:  # the graph exists, the large weights are not read yet
         early["table"] = table = static_metrics(partial, progress.sub(0.22, 0.23))
         early["graph"] = partial.graph
+        # the window lays the graph out as soon as it gets it, and the latency measurement starts
+        # once it is drawn: import for both here, while the window is idle, not while it draws
+        # (imports run Python for 0.1-0.3 s, which made the window's first drawing stutter)
+        layout.import_backend()
+        if latency:
+            import_ahead()
         shown = GraphShown(spec, partial.graph, table)
         publish(shown)
         deadline = time.monotonic() + DRAW_WAIT_S
@@ -104,4 +128,4 @@ def open_and_profile(
     if not latency:
         return None
     progress.update(0.55, "measuring latency")
-    return measure(loaded, progress.sub(0.55, 1.0))
+    return measure(loaded, progress.sub(0.55, 1.0), process)

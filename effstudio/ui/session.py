@@ -103,8 +103,10 @@ class ModelSession(QObject):
         self.latency_result = None
         self._drawn = shown.drawn
         self.sig_model_changed.emit(shown.graph)
-        # the numbers in the next turn of the event loop: two short stops instead of one long one
-        QTimer.singleShot(0, lambda: self._show_preview_metrics(shown))
+        # the numbers in a later turn of the event loop: two short stops instead of one long one.
+        # A timer, not a posted call: Qt handles every posted event (the new graph's repaints among
+        # them) before it looks at due timers again, so posted work piles up into one long stop
+        QTimer.singleShot(1, lambda: self._show_preview_metrics(shown))
 
     def _show_preview_metrics(self, shown: pipeline.GraphShown) -> None:
         if self._preview_graph is not shown.graph:

@@ -263,6 +263,20 @@ class GraphView(QWidget):
         self.minimap = Minimap(self)
         self.minimap.sig_center_on.connect(self._center_on_point)
         self.minimap.hide()
+        # the overview renders the whole scene: in a turn of the event loop of its own, once for
+        # several changes (a new layout, its colors and selection)
+        self._minimap_timer = QTimer(self)
+        self._minimap_timer.setSingleShot(True)
+        self._minimap_timer.setInterval(1)
+        self._minimap_timer.timeout.connect(self._refresh_minimap_now)
+        # a finished layout is put on screen by a timer, not in the worker's queued signal: Qt
+        # handles every queued signal and repaint before it looks at timers (input included)
+        # again, and the drawing joined the new model's other repaints in one long stop
+        self._finished: tuple[int, Any] | None = None  # (generation, result) not yet on screen
+        self._finish_timer = QTimer(self)
+        self._finish_timer.setSingleShot(True)
+        self._finish_timer.setInterval(1)
+        self._finish_timer.timeout.connect(self._show_finished)
         self.busy = QLabel(self)
         self.busy.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.busy.setStyleSheet("QLabel { background: rgba(30,30,30,200); color: white; padding: 10px 16px;"
@@ -293,6 +307,7 @@ class GraphView(QWidget):
         self._runner.cancel()
         if graph is None:
             self._gen += 1
+            self._finished = None
             self._hl, self._geo, self._requested = None, None, None
             self.canvas.set_geometry(None)
             self.busy.hide()
@@ -403,16 +418,18 @@ class GraphView(QWidget):
         return self._node_tooltip(self._node_index(node_id))
 
     def is_busy(self) -> bool:
-        return self._runner.is_busy()
+        return self._runner.is_busy() or self._finished is not None
 
     @property
     def layout_ready(self) -> bool:
         """The current graph is laid out and drawn (no layout running)."""
-        return self._graph is not None and self._geo is not None and not self._runner.is_busy()
+        return self._graph is not None and self._geo is not None and not self.is_busy()
 
     def wait_idle(self, timeout_s: float = 30.0) -> bool:
-        """Block until no layout runs (its result is delivered); for tests and shutdown."""
-        return self._wait(timeout_s)
+        """Block until no layout runs (its result is delivered and shown); for tests and shutdown."""
+        ok = self._wait(timeout_s)
+        self._show_finished()
+        return ok
 
     def focus_search(self) -> None:
         self.search_box.edit.setFocus(Qt.FocusReason.ShortcutFocusReason)
@@ -447,6 +464,7 @@ class GraphView(QWidget):
     def _start_layout(self, expanded: frozenset[str] | None) -> None:
         assert self._hl is not None
         self._gen += 1
+        self._finished = None  # an older layout not yet shown: this one replaces it
         gen = self._gen
         self._requested = expanded
         if expanded is not None and self._hl.has_tree:
@@ -479,7 +497,15 @@ class GraphView(QWidget):
     def _on_layout_done(self, gen: int, result) -> None:
         if gen != self._gen:
             return
-        vg, geo = result
+        self._finished = (gen, result)
+        self._finish_timer.start()
+
+    def _show_finished(self) -> None:
+        finished, self._finished = self._finished, None
+        self._finish_timer.stop()
+        if finished is None or finished[0] != self._gen:
+            return
+        vg, geo = finished[1]
         self._requested = vg.expanded
         self._geo = geo
         self.canvas.set_geometry(geo)
@@ -800,6 +826,13 @@ class GraphView(QWidget):
         self._on_view_moved()
 
     def _refresh_minimap(self) -> None:
+        if self._geo is None:
+            self._minimap_timer.stop()
+            self.minimap.hide()
+            return
+        self._minimap_timer.start()
+
+    def _refresh_minimap_now(self) -> None:
         if self._geo is None:
             self.minimap.hide()
             return

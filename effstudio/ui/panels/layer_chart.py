@@ -9,7 +9,8 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QPainter
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QSpinBox, QVBoxLayout, QWidget
 
 from effstudio.core.graph import LayerGraph
@@ -61,6 +62,51 @@ class _Bars(pg.BarGraphItem):
         self._on_click(idx, bool(ev.modifiers() & Qt.KeyboardModifier.ControlModifier))
 
 
+class _ValueLabels(pg.GraphicsObject):
+    """Every bar's value text, drawn by one item in screen pixels just right of its bar.
+
+    A ``pg.TextItem`` per bar cost milliseconds each to make, and pyqtgraph re-transforms each
+    one on every view change: together more than 100 ms on the GUI thread for a top-20 chart.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._labels: list[tuple[float, float, str]] = []  # (x, y) in data coordinates, text
+        self._color = QColor("black")
+        self._rect = QRectF()
+
+    def set_labels(self, labels: list[tuple[float, float, str]], color, area: QRectF) -> None:
+        """``labels`` at data points; ``area`` (data coordinates) is where they may be drawn."""
+        self.prepareGeometryChange()
+        self._labels = labels
+        self._color = pg.mkColor(color)
+        self._rect = QRectF(area)
+        self.update()
+
+    def texts(self) -> list[str]:
+        return [t for _, _, t in self._labels]
+
+    def boundingRect(self) -> QRectF:
+        return self._rect
+
+    def dataBounds(self, ax, frac=1.0, orthoRange=None):  # pyqtgraph's API
+        return None  # labels never widen an auto range
+
+    def paint(self, painter: QPainter, *_args) -> None:
+        if not self._labels:
+            return
+        to_device = painter.transform()
+        painter.save()
+        painter.resetTransform()  # text in pixels, unscaled by the plot's data transform
+        painter.setPen(self._color)
+        fm = painter.fontMetrics()
+        dy = (fm.ascent() - fm.descent()) / 2
+        for x, y, text in self._labels:
+            p = to_device.map(QPointF(x, y))
+            painter.drawText(QPointF(p.x() + 4, p.y() + dy), text)
+        painter.restore()
+
+
 class LayerChartPanel(QWidget):
     """Top-N layers by one metric.  ``bars()`` gives what is drawn (for tests and the status bar)."""
 
@@ -84,7 +130,8 @@ class LayerChartPanel(QWidget):
         self.plot.showGrid(x=True, y=False, alpha=colors.grid_alpha)
         self.plot.getPlotItem().invertY(True)  # largest bar at the top
         self._bars: _Bars | None = None
-        self._labels: list[pg.TextItem] = []
+        self._labels = _ValueLabels()
+        self.plot.addItem(self._labels)
         self._drawn: tuple | None = None  # what the plot items show (a redraw that changes nothing is skipped)
         self.top_spin = QSpinBox(self)
         self.top_spin.setRange(5, 200)
@@ -177,8 +224,6 @@ class LayerChartPanel(QWidget):
         if self._bars is not None:
             plot.removeItem(self._bars)
             self._bars = None
-        for text in self._labels:  # kept for the next redraw: making TextItems is slow
-            text.hide()
         colors = plot_colors()
         axis_y = plot.getAxis("left")
         axis_x = plot.getAxis("bottom")
@@ -193,6 +238,7 @@ class LayerChartPanel(QWidget):
         self._axis.log = self._log
         axis_x.setLabel(label + (" (log scale)" if self._log else ""))
         if not self._values:
+            self._labels.set_labels([], colors.foreground, QRectF())
             plot.setYRange(0, 1)
             self.sig_bars_changed.emit()
             return
@@ -210,15 +256,11 @@ class LayerChartPanel(QWidget):
         plot.setYRange(-0.6, len(widths) - 0.4, padding=0)
         ends = x0 + widths
         lo = float(x0.min())
-        plot.setXRange(lo, lo + (float(ends.max()) - lo) * 1.3, padding=0)  # room for the value labels
-        for i, v in enumerate(self._values):
-            if i == len(self._labels):
-                self._labels.append(pg.TextItem("", anchor=(0, 0.5)))
-                plot.addItem(self._labels[i])
-            text = self._labels[i]
-            text.setText(numbers.by_unit(v, unit), color=colors.foreground)
-            text.setPos(float(ends[i]), i)
-            text.show()
+        hi = lo + (float(ends.max()) - lo) * 1.3  # room for the value labels
+        plot.setXRange(lo, hi, padding=0)
+        self._labels.set_labels([(float(ends[i]), float(i), numbers.by_unit(v, unit))
+                                 for i, v in enumerate(self._values)],
+                                colors.foreground, QRectF(lo, -0.6, hi - lo, len(widths) + 0.2))
         self.sig_bars_changed.emit()
 
     def _brushes(self) -> list:

@@ -34,7 +34,7 @@ from effstudio.ui.selection import SelectionModel
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1  # raw number (or None = unknown) for sorting
 NAME_ROLE = Qt.ItemDataRole.UserRole + 2  # the layer's name
-SIZE_SAMPLE = 300  # rows whose texts size the columns
+SIZE_SAMPLE = 60  # rows spread over the table (and each column's largest number) whose texts size the columns
 COLUMN_LIMITS = {"name": 320, "scope": 180}  # widest these columns open with (px)
 
 
@@ -75,6 +75,7 @@ class LayerTableModel(QAbstractTableModel):
         self._latency_total = 0.0
         self._row_of: dict[str, int] = {}
         self._sort: tuple[int, Qt.SortOrder] | None = None
+        self._sorted_for: tuple | None = None  # (column, order, metrics) the rows are in order for
 
     def set_graph(self, graph: LayerGraph | None) -> None:
         self.beginResetModel()
@@ -82,6 +83,7 @@ class LayerTableModel(QAbstractTableModel):
         self._layers = list(graph.layers) if graph is not None else []
         self._graph_row = {lay.name: i for i, lay in enumerate(self._layers)}
         self._metrics = MetricsTable()
+        self._sorted_for = None
         self._layers = self._sorted(self._layers)
         self._row_of = {lay.name: i for i, lay in enumerate(self._layers)}
         self.endResetModel()
@@ -99,6 +101,10 @@ class LayerTableModel(QAbstractTableModel):
         if not 0 <= column < len(COLUMNS):
             return
         self._sort = (column, order)
+        done = self._sorted_for
+        if done is not None and done[:2] == (column, order) and done[2] is self._metrics:
+            return  # in this order for these numbers already (new numbers re-sort, then the view asks again)
+        self._sorted_for = (column, order, self._metrics)
         new = self._sorted(self._layers)
         if new == self._layers:
             return
@@ -198,6 +204,35 @@ class LayerTableModel(QAbstractTableModel):
                 return layer.name
         return None
 
+    def multiData(self, index: QModelIndex | QPersistentModelIndex, roleDataSpan) -> None:
+        """All the roles a cell is drawn with, in one call.
+
+        The item delegate asks for seven roles per cell; answered one by one that is ~600 calls
+        into Python per paint of the table, each taking the GIL back from whatever worker holds
+        it (a paint took 20-70 ms next to the layout worker).  One call per cell: ~90.
+        """
+        if not index.isValid():
+            return
+        layer = self._layers[index.row()]
+        col = COLUMNS[index.column()]
+        for i in range(len(roleDataSpan)):
+            rd = roleDataSpan[i]
+            role = rd.role()
+            if role == _DISPLAY:
+                rd.setData(self.display(layer, col.key))
+            elif role == _ALIGN and col.numeric:
+                rd.setData(_RIGHT)
+            elif role in _OWN_ROLES:
+                rd.setData(self.data(index, Qt.ItemDataRole(role) if role < SORT_ROLE else role))
+            else:
+                rd.clearData()  # the span is reused from cell to cell: no value left from the last one
+
+
+_DISPLAY = int(Qt.ItemDataRole.DisplayRole)
+_ALIGN = int(Qt.ItemDataRole.TextAlignmentRole)
+_RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+_OWN_ROLES = {int(Qt.ItemDataRole.ToolTipRole), int(SORT_ROLE), int(NAME_ROLE)}  # the rest: none
+
 
 class LayerFilterProxy(QSortFilterProxyModel):
     """Filters by a regex on name/op; sorting is passed on to the source model."""
@@ -234,6 +269,10 @@ class LayerFilterProxy(QSortFilterProxyModel):
         """Sorting is the source model's (see :meth:`LayerTableModel.sort`); this proxy only filters."""
         self.sourceModel().sort(column, order)
 
+    def multiData(self, index: QModelIndex | QPersistentModelIndex, roleDataSpan) -> None:
+        # Qt's proxy would ask the source role by role (see LayerTableModel.multiData)
+        self.sourceModel().multiData(self.mapToSource(index), roleDataSpan)
+
 
 class LayerTablePanel(QWidget):
     """Filter box + table.  Selecting rows sets the shared selection; the selection scrolls the table."""
@@ -269,6 +308,11 @@ class LayerTablePanel(QWidget):
         layout.addWidget(self.filter_edit)
         layout.addWidget(self.view)
         self._syncing = False
+        # after a reset or a new order the view lays its rows out when it next paints, and that
+        # layout asks for another paint: two paints of the table (10-25 ms each) per change.
+        # Laid out at once, it paints once.
+        self.proxy.modelReset.connect(self.view.executeDelayedItemsLayout)
+        self.proxy.layoutChanged.connect(self.view.executeDelayedItemsLayout)
         selection.sig_changed.connect(self._on_selection_changed)
         selection.sig_current_changed.connect(self._on_current_changed)
 
@@ -277,10 +321,12 @@ class LayerTablePanel(QWidget):
         self.model.set_graph(graph)
         self._apply_selection(self.selection.names)
         self._size_columns()
+        self.view.executeDelayedItemsLayout()  # the new widths too (see __init__)
 
     def set_metrics(self, metrics: MetricsTable) -> None:
         self.model.set_metrics(metrics)
         self._size_columns(numeric_only=True)
+        self.view.executeDelayedItemsLayout()
 
     def _size_columns(self, numeric_only: bool = False) -> None:
         """Fit columns to their header and a sample of their texts.
@@ -294,17 +340,37 @@ class LayerTablePanel(QWidget):
         rows = range(n) if n <= SIZE_SAMPLE else sorted({round(i * (n - 1) / (SIZE_SAMPLE - 1))
                                                           for i in range(SIZE_SAMPLE)})
         layers = [model._layers[r] for r in rows]
+        biggest = {}  # per numeric column, the layer with the largest number: its text is about the widest
+        for col in COLUMNS:
+            values = model._metrics.column(col.key) if col.numeric else None
+            if values:
+                name = max(values, key=lambda k, v=values: abs(v[k]) if v[k] is not None else -1.0)
+                if name in model._row_of:
+                    biggest[col.key] = model._layers[model._row_of[name]]
         cell = QFontMetrics(self.view.font())
         head = QFontMetrics(self.view.horizontalHeader().font())
         pad = 2 * self.view.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, self.view) + 14
+        widths = {}
         for i, col in enumerate(COLUMNS):
             if numeric_only and not col.numeric:
                 continue
-            texts = {model.display(lay, col.key) for lay in layers}
+            sample = [*layers, biggest[col.key]] if col.key in biggest else layers
+            texts = {model.display(lay, col.key) for lay in sample}
             width = max([cell.horizontalAdvance(t) for t in texts] + [head.horizontalAdvance(col.header) + 12])
             width += pad
             limit = COLUMN_LIMITS.get(col.key)
-            self.view.setColumnWidth(i, min(width, limit) if limit else width)
+            widths[i] = min(width, limit) if limit else width
+        # the view answers each resized column with a repaint of its own after the next one
+        # (a second paint of the whole table); told nothing, it is brought up to date here once
+        header = self.view.horizontalHeader()
+        blocked = header.blockSignals(True)
+        try:
+            for i, width in widths.items():
+                header.resizeSection(i, width)
+        finally:
+            header.blockSignals(blocked)
+        self.view.updateGeometries()
+        self.view.viewport().update()
 
     def sort_by(self, key: str, descending: bool = True) -> None:
         if key in COLUMN_INDEX:

@@ -6,6 +6,8 @@ Click a layer to select it, click a scope to select its whole subtree; the conte
 
 from __future__ import annotations
 
+import time
+
 from PySide6.QtCore import QItemSelection, QItemSelectionModel, QModelIndex, QPoint, Qt, QTimer
 from PySide6.QtGui import QFontMetrics, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QMenu, QTreeView, QVBoxLayout, QWidget
@@ -18,7 +20,8 @@ from effstudio.ui.selection import SelectionModel
 NAME_ROLE = Qt.ItemDataRole.UserRole + 1  # layer name (leaves)
 SCOPE_ROLE = Qt.ItemDataRole.UserRole + 2  # scope path (scope nodes)
 HEADERS = ("Module / layer", "Op", "Params", "MACs")
-BUILD_CHUNK = 150  # layers whose rows are made per turn of the event loop
+BUILD_CHUNK = 25  # layers whose rows are made (or numbers written) per step
+SLICE_S = 0.005  # steps run per turn of the event loop until this much time is spent
 
 
 class ModuleTreePanel(QWidget):
@@ -79,18 +82,21 @@ class ModuleTreePanel(QWidget):
         return self._building or self._filling
 
     def _in_chunks(self, steps: list, then) -> None:
-        """Run ``steps`` one per turn of the event loop (the first at once), then ``then``; a
-        newer job (another graph or numbers) stops this one."""
+        """Run ``steps`` in slices of about :data:`SLICE_S` per turn of the event loop (the first
+        at once), then ``then``; a newer job (another graph or numbers) stops this one."""
         self._job += 1
         job = self._job
 
         def run(i: int) -> None:
             if job != self._job:
                 return
-            if i < len(steps):
+            end = time.perf_counter() + SLICE_S
+            while i < len(steps):
                 steps[i]()
-                if i + 1 < len(steps):
-                    QTimer.singleShot(0, lambda: run(i + 1))
+                i += 1
+                if i < len(steps) and time.perf_counter() >= end:
+                    # a timer, not a posted call (singleShot 0): due timers and input get their turn first
+                    QTimer.singleShot(1, lambda i=i: run(i))
                     return
             then()
 

@@ -69,6 +69,12 @@ class StatusPanel(QWidget):
         layout.addWidget(self.task_label)
         layout.addWidget(self.progress)
         layout.addWidget(self.cancel_button)
+        # hidden, they keep their room: showing them must not change the status bar's height, which
+        # re-lays out the whole window (and repaints the charts) at the start of every task
+        for w in (self.progress, self.task_label, self.cancel_button):
+            policy = w.sizePolicy()
+            policy.setRetainSizeWhenHidden(True)
+            w.setSizePolicy(policy)
         self.set_busy(False)
 
     def set_model(self, graph: LayerGraph | None, metrics: MetricsTable) -> None:
