@@ -1,14 +1,26 @@
 """Static analysis: effstudio vs onnx-tool (time and counts) vs torch FlopCounterMode (counts).
 
-Run: ``.venv/bin/python tests/benchmarks/bench_flops.py [--quick]`` (needs ``onnx-tool``:
-``pip install onnx-tool -c packaging/constraints.txt``; it does not pull torch).
+Run: ``.venv/bin/python tests/benchmarks/bench_flops.py [--quick] [--runs N]``
+(needs ``onnx-tool``: ``pip install onnx-tool -c packaging/constraints.txt``; it does not pull torch).
 
 For each model: the same ONNX file is analysed by effstudio (``load_onnx`` + ``compute_static``)
-and by onnx-tool (``Model`` + ``shape_infer`` + ``profile``), best of N runs each, and the
-ratio printed (goal: effstudio >= 3x faster).  effstudio is timed twice: loading the model whole
-(every weight read into the ModelProto, as the GUI does) and as ``effstudio inspect`` does
-(``read_weights=False``: the large weights stay in their file; the counts are the same).
-onnx-tool has no such mode (it reads every weight's values to build its graph).
+and by onnx-tool (``Model`` + ``shape_infer`` + ``profile``), and the ratio printed (goal:
+effstudio >= 3x faster).  effstudio is timed twice: loading the model whole (every weight read
+into the ModelProto, as the GUI does) and as ``effstudio inspect`` does (``read_weights=False``:
+the large weights stay in their file; the counts are the same).  onnx-tool has no such mode (it
+reads every weight's values to build its graph).
+
+Timing convention (the same for both tools): one process, every import done and each call run
+once untimed before timing (so import and first-call costs are excluded for both); then
+``--runs`` rounds, each running every timed call once in turn (so machine load hits all alike),
+each call after an untimed ``gc.collect()`` (so none pays for collecting the garbage of the one
+before it).  Shown: the median of the rounds, of the wall-clock time and of the process's CPU
+time (the steadier one when other jobs share the machine); ratios are ratios of medians.
+
+Models: small torch nets defined here, the demo zoo's trained models (their cached ONNX copy, as
+``demo:cnn.onnx`` opens it) and the reference architectures (MobileNetV2, ResNet-50, BERT-base);
+all exported with the dynamo exporter.
+
 Then a count table: effstudio MACs (ONNX and
 torch graph), onnx-tool's "MACs" in total and on the product ops only, and FlopCounterMode's
 FLOPs / 2, with a footnote for every difference.
@@ -17,7 +29,9 @@ FLOPs / 2, with a footnote for every difference.
 from __future__ import annotations
 
 import argparse
-import math
+import gc
+import shutil
+import statistics
 import tempfile
 import time
 import warnings
@@ -35,7 +49,7 @@ from effstudio.core.loaders.torch_graph import loaded_from_module
 from effstudio.core.metrics import compute_static
 from effstudio.core.model import LoadedModel
 from effstudio.core.progress import Progress
-from effstudio.core.zoo import reference
+from effstudio.core.zoo import DEMOS, build_demo, demo_onnx_path, example_inputs, reference
 
 PRODUCT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Einsum", "Attention"}
 
@@ -75,6 +89,11 @@ def models(quick: bool) -> list[tuple[str, Callable[[], nn.Module], dict[str, to
         ("tiny-cnn", TinyCNN, {"x": torch.randn(1, 3, 32, 32)}),
         ("tiny-lstm", TinyLSTM, {"x": torch.randn(2, 20, 16)}),
         ("tiny-transformer", TinyTransformer, {"x": torch.randn(2, 16, 64)}),
+    ]
+    # the demo zoo's trained models, as their cached ONNX copy (what ``demo:NAME.onnx`` opens)
+    out += [(f"demo:{name}", lambda n=name: build_demo(n), example_inputs(name))
+            for name, spec in DEMOS.items() if spec.trained]
+    out += [
         ("mobilenet_v2", reference.mobilenet_v2, {"x": torch.randn(1, 3, 224, 224)}),
         ("resnet50", reference.resnet50, {"x": torch.randn(1, 3, 224, 224)}),
     ]
@@ -88,13 +107,24 @@ def models(quick: bool) -> list[tuple[str, Callable[[], nn.Module], dict[str, to
     return out
 
 
-def best_of(n: int, fn: Callable[[], Any]) -> tuple[float, Any]:
-    best, result = math.inf, None
-    for _ in range(n):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def interleaved(runs: int, calls: dict[str, Callable[[], Any]]) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Median time of each call over ``runs`` rounds on each clock (``{"wall": {call: s}, "cpu": ...}``),
+    after one untimed run of each; each round runs every call once in turn, after a
+    ``gc.collect()``.  Also returns each call's last result."""
+    results = {k: fn() for k, fn in calls.items()}  # warm-up: first-call costs out of the timing
+    times: dict[str, dict[str, list[float]]] = {c: {k: [] for k in calls} for c in CLOCKS}
+    for _ in range(runs):
+        for k, fn in calls.items():
+            gc.collect()  # no call pays for collecting the garbage that the one before it left
+            w0, c0 = time.perf_counter(), time.process_time()
+            results[k] = fn()
+            c1, w1 = time.process_time(), time.perf_counter()
+            times["wall"][k].append(w1 - w0)
+            times["cpu"][k].append(c1 - c0)
+    return {c: {k: statistics.median(v) for k, v in ts.items()} for c, ts in times.items()}, results
 
 
 def run_onnx_tool(m: Path | onnx.ModelProto) -> Any:
@@ -108,19 +138,23 @@ def run_onnx_tool(m: Path | onnx.ModelProto) -> Any:
     return g
 
 
-def tool_profile_only(proto: onnx.ModelProto, runs: int) -> float:
-    """onnx-tool's shape_infer + profile on an already built onnx-tool graph (best of runs)."""
+def tool_profile_only(proto: onnx.ModelProto, runs: int) -> dict[str, float]:
+    """onnx-tool's shape_infer + profile on an already built onnx-tool graph (median of runs, each clock)."""
     import onnx_tool
 
-    best = math.inf
-    for _ in range(runs):
+    times: dict[str, list[float]] = {c: [] for c in CLOCKS}
+    for i in range(runs + 1):
         g = onnx_tool.Model(proto).graph
         g.graph_reorder_nodes()
-        t0 = time.perf_counter()
+        gc.collect()
+        w0, c0 = time.perf_counter(), time.process_time()
         g.shape_infer()
         g.profile()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        c1, w1 = time.process_time(), time.perf_counter()
+        if i:  # the first is the warm-up
+            times["wall"].append(w1 - w0)
+            times["cpu"].append(c1 - c0)
+    return {c: statistics.median(v) for c, v in times.items()}
 
 
 def effstudio_onnx(path: Path, read_weights: bool = True) -> Any:
@@ -149,7 +183,7 @@ def fmt(x: float | None, scale: float = 1e6) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="skip BERT-base")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=11, help="timed rounds per model (median shown)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     import onnx_tool  # noqa: F401  (fail early with a clear ImportError)
@@ -159,34 +193,42 @@ def main() -> None:
     for name, factory, inputs in models(args.quick):
         torch.manual_seed(0)
         module = factory().eval()
-        path = tmp / (name.replace(" ", "_").replace("(", "").replace(")", "") + ".onnx")
-        torch.onnx.export(module, (), str(path), kwargs=inputs, dynamo=True, verbose=False)
-        runs = 2 if name.startswith("bert") else args.runs
-
-        t_eff, (loaded, table) = best_of(runs, lambda p=path: effstudio_onnx(p))
-        t_insp, (_, table_insp) = best_of(runs, lambda p=path: effstudio_onnx(p, read_weights=False))
-        assert table_insp.values == table.values, name
-        t_static, _ = best_of(runs, lambda ld=loaded: compute_static(ld))
+        if name.startswith("demo:"):
+            path = demo_onnx_path(name.removeprefix("demo:"))  # one file, weights inside
+        else:
+            path = tmp / (name.replace(" ", "_").replace("(", "").replace(")", "") + ".onnx")
+            torch.onnx.export(module, (), str(path), kwargs=inputs, dynamo=True, verbose=False)
+        runs = min(args.runs, 3) if name.startswith("bert") else args.runs
         proto = onnx.load(str(path))  # weights read once, for the in-memory timings
-        t_eff_mem, _ = best_of(runs, lambda m=proto, p=path: effstudio_in_memory(m, p))
-        t_tool_mem = t_tool_prof = None
-        try:
-            t_tool, g = best_of(runs, lambda p=path: run_onnx_tool(p))
-            t_tool_mem, _ = best_of(runs, lambda m=proto: run_onnx_tool(m))
-            t_tool_prof = tool_profile_only(proto, runs)
+        loaded = load_onnx(path, inputs={}, progress=Progress())
+        tool_calls: dict[str, Callable[[], Any]] = {}
+        try:  # onnx-tool asserts or exits on ops it cannot infer: find out before timing
+            g = run_onnx_tool(path)
             tool_total = float(g.macs[0])
             tool_products = sum(float(n.macs[0]) for n in g.nodemap.values() if n.op_type in PRODUCT_OPS)
             tool_error = None
-        except BaseException as e:  # onnx-tool asserts or exits on ops it cannot infer
-            t_tool, tool_total, tool_products = None, None, None
+            tool_calls = {"tool": lambda p=path: run_onnx_tool(p), "tool_mem": lambda m=proto: run_onnx_tool(m)}
+        except BaseException as e:
+            tool_total, tool_products = None, None
             tool_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        med, res = interleaved(runs, {
+            "eff": lambda p=path: effstudio_onnx(p),
+            "insp": lambda p=path: effstudio_onnx(p, read_weights=False),
+            "eff_mem": lambda m=proto, p=path: effstudio_in_memory(m, p),
+            "static": lambda ld=loaded: compute_static(ld),
+            **tool_calls,
+        })
+        table, table_insp = res["eff"][1], res["insp"][1]
+        assert table_insp.values == table.values, name
+        prof = tool_profile_only(proto, runs) if tool_calls else None
         tl = loaded_from_module(module, inputs, path=name, format="torch-module")
         t_torch = compute_static(tl)
         check = t_torch.totals.get("flop_counter_check", {})
         rows.append({
-            "name": name, "t_eff": t_eff, "t_insp": t_insp, "t_static": t_static, "t_tool": t_tool,
-            "tool_error": tool_error,
-            "t_eff_mem": t_eff_mem, "t_tool_mem": t_tool_mem, "t_tool_prof": t_tool_prof,
+            "name": name, "tool_error": tool_error,
+            "times": {c: {"t_eff": m["eff"], "t_insp": m["insp"], "t_static": m["static"], "t_tool": m.get("tool"),
+                          "t_eff_mem": m["eff_mem"], "t_tool_mem": m.get("tool_mem"),
+                          "t_tool_prof": prof[c] if prof else None} for c, m in med.items()},
             "eff_macs": table.totals["macs"], "eff_flops": table.totals["flops"],
             "eff_uncounted": table.totals["uncounted_layers"], "torch_macs": t_torch.totals["macs"],
             "fc_macs": (check.get("flop_counter_flops") or 0) / 2, "tool_total": tool_total,
@@ -194,24 +236,37 @@ def main() -> None:
             "eff_params": table.totals["params"], "torch_params": t_torch.totals["params"],
         })
         print(f"  done {name}", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # the exports (about 1 GB with BERT's weights)
 
-    print("\nAnalysis time, seconds (best of runs).  'file': from the .onnx path, weights read from disk\n"
+    print(f"\nAnalysis time, ms: medians of {args.runs} interleaved rounds (BERT: {min(args.runs, 3)}) in one warm "
+          "process, imports and a first untimed call excluded for both tools;\n"
+          "ratios = onnx-tool median / effstudio median.  'file': from the .onnx path, weights read from disk\n"
           "(effstudio load_onnx + compute_static; onnx-tool Model + shape_infer + profile).  'memory': the\n"
           "model already parsed with its weights (effstudio shape inference + layer graph + compute_static;\n"
           "onnx-tool the same calls on the ModelProto).  'static' = compute_static alone.")
     print("'tool shape+profile' = onnx-tool's shape_infer + profile alone, against 'static'.")
     print("'eff inspect' = load_onnx(read_weights=False) + compute_static (what `effstudio inspect` runs).")
-    print(f"{'model':20s} {'eff file':>9s} {'tool file':>10s} {'ratio':>6s} {'eff inspect':>12s} {'ratio':>6s} "
-          f"{'eff mem':>9s} {'tool mem':>9s} {'ratio':>6s} {'static':>8s} {'tool shape+profile':>19s}")
-    for r in rows:
-        if r["t_tool"] is None:
-            print(f"{r['name']:20s} {r['t_eff']:9.3f} {'FAILED':>10s} {'-':>6s} {r['t_insp']:12.3f} {'-':>6s} "
-                  f"{r['t_eff_mem']:9.3f} {'FAILED':>9s} {'-':>6s} {r['t_static']:8.4f}")
-            continue
-        print(f"{r['name']:20s} {r['t_eff']:9.3f} {r['t_tool']:10.3f} {r['t_tool'] / r['t_eff']:5.1f}x "
-              f"{r['t_insp']:12.3f} {r['t_tool'] / r['t_insp']:5.1f}x "
-              f"{r['t_eff_mem']:9.3f} {r['t_tool_mem']:9.3f} {r['t_tool_mem'] / r['t_eff_mem']:5.1f}x "
-              f"{r['t_static']:8.4f} {r['t_tool_prof']:19.4f}")
+    for clock, what in (("wall", "wall-clock time"), ("cpu", "process CPU time (steadier when other jobs share the "
+                                                           "machine)")):
+        print(f"\n{what}:")
+        print(f"{'model':20s} {'eff file':>9s} {'tool file':>10s} {'ratio':>6s} {'eff inspect':>12s} {'ratio':>6s} "
+              f"{'eff mem':>9s} {'tool mem':>9s} {'ratio':>6s} {'static':>8s} {'tool shape+profile':>19s}")
+        for r in rows:
+            t = r["times"][clock]
+            ms = {k: (v * 1e3 if v is not None else None) for k, v in t.items()}
+            if t["t_tool"] is None:
+                print(f"{r['name']:20s} {ms['t_eff']:9.2f} {'FAILED':>10s} {'-':>6s} {ms['t_insp']:12.2f} "
+                      f"{'-':>6s} {ms['t_eff_mem']:9.2f} {'FAILED':>9s} {'-':>6s} {ms['t_static']:8.2f}")
+                continue
+            print(f"{r['name']:20s} {ms['t_eff']:9.2f} {ms['t_tool']:10.2f} {t['t_tool'] / t['t_eff']:5.2f}x "
+                  f"{ms['t_insp']:12.2f} {t['t_tool'] / t['t_insp']:5.2f}x "
+                  f"{ms['t_eff_mem']:9.2f} {ms['t_tool_mem']:9.2f} {t['t_tool_mem'] / t['t_eff_mem']:5.2f}x "
+                  f"{ms['t_static']:8.2f} {ms['t_tool_prof']:19.2f}")
+        handled = [r["times"][clock] | {"name": r["name"]} for r in rows if r["times"][clock]["t_tool"] is not None]
+        short = [f"{t['name']} ({t['t_tool'] / t['t_insp']:.2f}x)" for t in handled if t["t_tool"] < 3 * t["t_insp"]]
+        print(f"goal, effstudio inspect >= 3x faster than onnx-tool from the file: met on "
+              f"{len(handled) - len(short)} of the {len(handled)} models onnx-tool handles"
+              + (f"; short on {', '.join(short)}" if short else ""))
 
     print("\nCounts in millions (MACs; FlopCounterMode FLOPs / 2)")
     print(f"{'model':20s} {'eff ONNX':>12s} {'eff torch':>12s} {'FlopCounter':>12s} "

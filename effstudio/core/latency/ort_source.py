@@ -26,13 +26,16 @@ EXTERNAL_MIN_BYTES = 1024  # initializers from this size on go to the external-d
 _DATA_NAME = "model.onnx.data"
 
 
-def file_stamp(path: str | os.PathLike, model: onnx.ModelProto) -> tuple | None:
+def file_stamp(path: str | os.PathLike, model: onnx.ModelProto,
+               external: list[onnx.TensorProto] | None = None) -> tuple | None:
     """(path, size, mtime) of an ONNX file and of every external-data file it names; None when
-    one is missing or lies outside the model's folder (the loader reports those)."""
+    one is missing or lies outside the model's folder (the loader reports those).
+    ``external``: the model's tensors held in external files, when the caller has them (else
+    the initializers are looked through)."""
     base = Path(path).parent
     files = {Path(path)}
     seen: set[str] = set()  # tensors share a few files: each location once
-    for t in _initializers(model.graph):
+    for t in _initializers(model.graph) if external is None else external:
         if external_data_helper.uses_external_data(t):
             loc = next((e.value for e in t.external_data if e.key == "location"), "")
             if loc in seen:

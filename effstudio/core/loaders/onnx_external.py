@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,38 +23,58 @@ from onnx import external_data_helper
 from effstudio.core.errors import ModelLoadError
 from effstudio.core.progress import Progress
 
+_EXTERNAL = onnx.TensorProto.EXTERNAL
 
-def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+
+def iter_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     """Every TensorProto that may hold data: initializers, sparse initializers and attribute
     tensors of the main graph, of every subgraph and of every model-local function."""
+    out: list[onnx.TensorProto] = []
 
-    def graph_tensors(g: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-        yield from g.initializer
-        for sp in g.sparse_initializer:
-            yield sp.values
-            yield sp.indices
-        yield from node_tensors(g.node)
+    def graph_tensors(g: onnx.GraphProto) -> None:
+        out.extend(g.initializer)
+        if g.sparse_initializer:
+            for sp in g.sparse_initializer:
+                out.append(sp.values)
+                out.append(sp.indices)
+        node_tensors(g.node)
 
-    def node_tensors(nodes) -> Iterator[onnx.TensorProto]:
+    def node_tensors(nodes) -> None:
+        # every field that can hold a tensor or a graph is looked at, whatever the attribute's
+        # declared type (a malformed file may set both)
         for node in nodes:
             for a in node.attribute:
                 if a.HasField("t"):
-                    yield a.t
-                yield from a.tensors
+                    out.append(a.t)
+                if a.tensors:
+                    out.extend(a.tensors)
                 if a.HasField("sparse_tensor"):
-                    yield a.sparse_tensor.values
-                    yield a.sparse_tensor.indices
-                for sp in a.sparse_tensors:
-                    yield sp.values
-                    yield sp.indices
+                    out.append(a.sparse_tensor.values)
+                    out.append(a.sparse_tensor.indices)
+                if a.sparse_tensors:  # (iterating an empty repeated field costs more than testing it)
+                    for sp in a.sparse_tensors:
+                        out.append(sp.values)
+                        out.append(sp.indices)
                 if a.HasField("g"):
-                    yield from graph_tensors(a.g)
-                for sub in a.graphs:
-                    yield from graph_tensors(sub)
+                    graph_tensors(a.g)
+                if a.graphs:
+                    for sub in a.graphs:
+                        graph_tensors(sub)
 
-    yield from graph_tensors(model.graph)
+    graph_tensors(model.graph)
     for fn in model.functions:
-        yield from node_tensors(fn.node)
+        node_tensors(fn.node)
+    return out
+
+
+def uses_external(t: onnx.TensorProto) -> bool:
+    """``external_data_helper.uses_external_data`` without its Python-level checks."""
+    return t.data_location == _EXTERNAL
+
+
+def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """The tensors of ``model`` whose data is (still) in an external file."""
+    return [t for t in iter_tensors(model) if t.data_location == _EXTERNAL]
 
 
 def _location(tensor: onnx.TensorProto) -> str | None:
@@ -119,10 +139,15 @@ def read_tensor(tensor: onnx.TensorProto, f: BinaryIO, offset: int, length: int)
 
 
 def load_external_data(model: onnx.ModelProto, path: Path, progress: Progress,
-                       select: Callable[[onnx.TensorProto], bool] | None = None) -> int:
+                       select: Callable[[onnx.TensorProto], bool] | None = None,
+                       external: list[onnx.TensorProto] | None = None) -> int:
     """Check every external location of ``model`` (loaded from ``path``), then read the data into
-    the tensors (only those ``select`` accepts, when given).  Returns how many tensors were read."""
-    external = [t for t in iter_tensors(model) if external_data_helper.uses_external_data(t)]
+    the tensors (only those ``select`` accepts, when given).  Returns how many tensors were read.
+    ``external``: :func:`external_tensors` of ``model``, when the caller has it already."""
+    if external is None:
+        external = external_tensors(model)
+    else:
+        external = [t for t in external if t.data_location == _EXTERNAL]  # some may have been read since
     if not external:
         return 0
     base = path.parent

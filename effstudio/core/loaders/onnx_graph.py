@@ -75,9 +75,13 @@ class _WeightInfo:
     dtype: str
 
 
+_GRAPH = onnx.AttributeProto.GRAPH
+_GRAPHS = onnx.AttributeProto.GRAPHS
+
+
 # --- weights -----------------------------------------------------------------------------
 def _tensor_weight(t: onnx.TensorProto) -> _WeightInfo:
-    return _WeightInfo(tuple(int(d) for d in t.dims), dtypes.from_onnx(t.data_type))
+    return _WeightInfo(tuple(t.dims), dtypes.from_onnx(t.data_type))  # dims are Python ints already
 
 
 def _constant_weight(node: onnx.NodeProto) -> _WeightInfo | None:
@@ -129,34 +133,29 @@ def _tensor_summary(t: onnx.TensorProto) -> dict[str, Any]:
     return out
 
 
+_A = onnx.AttributeProto
+_SIMPLE_ATTRS: dict[int, Any] = {  # one lookup per attribute: the common types first
+    _A.INTS: lambda a: list(a.ints),
+    _A.INT: lambda a: a.i,
+    _A.FLOAT: lambda a: _json_float(a.f),
+    _A.FLOATS: lambda a: [_json_float(v) for v in a.floats],
+    _A.STRING: lambda a: a.s.decode("utf-8", errors="replace"),
+    _A.STRINGS: lambda a: [s.decode("utf-8", errors="replace") for s in a.strings],
+    _A.TENSOR: lambda a: _tensor_summary(a.t),
+    _A.TENSORS: lambda a: [_tensor_summary(t) for t in a.tensors],
+    _A.SPARSE_TENSOR: lambda a: {"sparse_tensor": {"shape": list(a.sparse_tensor.dims),
+                                                   "dtype": dtypes.from_onnx(a.sparse_tensor.values.data_type)}},
+    _A.GRAPH: lambda a: {"graph": a.g.name, "nodes": len(a.g.node)},
+    _A.GRAPHS: lambda a: [{"graph": g.name, "nodes": len(g.node)} for g in a.graphs],
+    _A.TYPE_PROTO: lambda a: str(a.tp).strip(),
+}
+
+
 def attribute_value(a: onnx.AttributeProto) -> Any:
     """A JSON-able view of one attribute (tensors and graphs summarized, not copied)."""
-    A = onnx.AttributeProto
-    if a.type == A.INT:
-        return int(a.i)
-    if a.type == A.FLOAT:
-        return _json_float(float(a.f))
-    if a.type == A.STRING:
-        return a.s.decode("utf-8", errors="replace")
-    if a.type == A.INTS:
-        return [int(v) for v in a.ints]
-    if a.type == A.FLOATS:
-        return [_json_float(float(v)) for v in a.floats]
-    if a.type == A.STRINGS:
-        return [s.decode("utf-8", errors="replace") for s in a.strings]
-    if a.type == A.TENSOR:
-        return _tensor_summary(a.t)
-    if a.type == A.TENSORS:
-        return [_tensor_summary(t) for t in a.tensors]
-    if a.type == A.SPARSE_TENSOR:
-        return {"sparse_tensor": {"shape": [int(d) for d in a.sparse_tensor.dims],
-                                  "dtype": dtypes.from_onnx(a.sparse_tensor.values.data_type)}}
-    if a.type == A.GRAPH:
-        return {"graph": a.g.name, "nodes": len(a.g.node)}
-    if a.type == A.GRAPHS:
-        return [{"graph": g.name, "nodes": len(g.node)} for g in a.graphs]
-    if a.type == A.TYPE_PROTO:
-        return str(a.tp).strip()
+    f = _SIMPLE_ATTRS.get(a.type)
+    if f is not None:
+        return f(a)
     if a.ref_attr_name:
         return {"ref": a.ref_attr_name}
     return None
@@ -166,9 +165,10 @@ def attribute_value(a: onnx.AttributeProto) -> Any:
 def _subgraphs(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
     out = []
     for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
+        t = a.type
+        if t == _GRAPH:
             out.append((a.name, a.g))
-        elif a.type == onnx.AttributeProto.GRAPHS:
+        elif t == _GRAPHS:
             out.extend((f"{a.name}[{i}]", g) for i, g in enumerate(a.graphs))
     return out
 
@@ -196,13 +196,13 @@ def outer_references(g: onnx.GraphProto) -> list[str]:
     return out
 
 
-def _topo_order(nodes: list[onnx.NodeProto], reads: list[list[str]]) -> list[int]:
-    """Indices of ``nodes`` in a topological order, as close to the file's order as possible."""
+def _topo_order(nodes: list[onnx.NodeProto], outs: list[list[str]], reads: list[list[str]]) -> list[int]:
+    """Indices of ``nodes`` (whose non-empty outputs are ``outs``) in a topological order, as
+    close to the file's order as possible."""
     producer: dict[str, int] = {}
-    for i, n in enumerate(nodes):
-        for o in n.output:
-            if o:
-                producer[o] = i
+    for i, os_ in enumerate(outs):
+        for o in os_:
+            producer[o] = i
     deps = [{producer[r] for r in rs if r in producer and producer[r] != i} for i, rs in enumerate(reads)]
     if all(d < i for i, ds in enumerate(deps) for d in ds):
         return list(range(len(nodes)))  # already sorted (the common case)
@@ -228,7 +228,11 @@ def _topo_order(nodes: list[onnx.NodeProto], reads: list[list[str]]) -> list[int
 
 
 def count_nodes(g: onnx.GraphProto) -> int:
-    return sum(1 + sum(count_nodes(sub) for _, sub in _subgraphs(n)) for n in g.node)
+    total = len(g.node)
+    for n in g.node:
+        if n.attribute:  # (testing a repeated field costs less than iterating an empty one)
+            total += sum(count_nodes(sub) for _, sub in _subgraphs(n))
+    return total
 
 
 def build_graph(g: onnx.GraphProto, *, infos: dict[str, TensorInfo], outer_weights: dict[str, _WeightInfo],
@@ -256,13 +260,19 @@ def build_graph(g: onnx.GraphProto, *, infos: dict[str, TensorInfo], outer_weigh
     init_names = {t.name for t in g.initializer}
     if inputs is None:
         inputs = [infos.get(vi.name) or TensorInfo(vi.name) for vi in g.input if vi.name not in init_names]
+    # each node's fields read once (every read of a proto field builds new Python objects)
+    outs = [[o for o in n.output if o] for n in nodes]
+    subs = [_subgraphs(n) if n.attribute else [] for n in nodes]
     values = set(outer_values) | {t.name for t in inputs}
-    values.update(o for n in nodes for o in n.output if o)
+    for os_ in outs:
+        values.update(os_)
 
     reads: list[list[str]] = []
-    for node in nodes:
+    n_explicit: list[int] = []
+    for node, node_subs in zip(nodes, subs, strict=True):
         rs = [i for i in node.input if i]
-        for _, sub in _subgraphs(node):
+        n_explicit.append(len(rs))
+        for _, sub in node_subs:
             rs.extend(outer_references(sub))
         for r in rs:
             if r not in values and r not in weights:
@@ -271,37 +281,39 @@ def build_graph(g: onnx.GraphProto, *, infos: dict[str, TensorInfo], outer_weigh
         reads.append(rs)
 
     layers: list[Layer] = []
-    for idx in _topo_order(nodes, reads):
+    scope_cache: dict[str, str] = {}
+    for idx in _topo_order(nodes, outs, reads):
         node = nodes[idx]
-        name = ctx.unique(node.name or f"{node.op_type}_{idx}")
-        if node.name != name:
+        node_name, op_type, domain = node.name, node.op_type, node.domain
+        name = ctx.unique(node_name or f"{op_type}_{idx}")
+        if node_name != name:
             node.name = name  # keep the held ModelProto's names equal to the layer names
             ctx.renamed += 1
-        lay = Layer(name=name, op_type=node.op_type, scope=node_scope(node), domain=node.domain,
-                    outputs=[o for o in node.output if o])
+        lay = Layer(name=name, op_type=op_type, scope=node_scope(node, scope_cache), domain=domain,
+                    outputs=outs[idx])
         if _is_constant(node):  # a Constant kept because its value is a graph output
             info = _constant_weight(node)
             if info is not None:
                 lay.weights.append(Weight(node.output[0], info.shape, info.dtype))
         seen_w: set[str] = set()
         seen_in: set[str] = set()
-        explicit = [i for i in node.input if i]
+        explicit = n_explicit[idx]
         for pos, r in enumerate(reads[idx]):
             if r in weights:
                 # a weight a subgraph reads belongs to the subgraph's layer, not to this one
-                if pos < len(explicit) and r not in seen_w:
+                if pos < explicit and r not in seen_w:
                     seen_w.add(r)
                     w = weights[r]
                     lay.weights.append(Weight(r, w.shape, w.dtype))
-            elif pos < len(explicit) or r not in seen_in:  # explicit inputs keep repeats (Add(x, x))
+            elif pos < explicit or r not in seen_in:  # explicit inputs keep repeats (Add(x, x))
                 lay.inputs.append(r)
             seen_in.add(r)
-        lay.attributes = {a.name: attribute_value(a) for a in node.attribute}
-        if node.domain not in KNOWN_DOMAINS:
-            lay.flags.append(FLAG_LOCAL_FUNCTION if (node.domain, node.op_type) in ctx.functions
-                             else FLAG_CUSTOM_DOMAIN)
+        attrs = node.attribute
+        lay.attributes = {a.name: attribute_value(a) for a in attrs} if attrs else {}
+        if domain not in KNOWN_DOMAINS:
+            lay.flags.append(FLAG_LOCAL_FUNCTION if (domain, op_type) in ctx.functions else FLAG_CUSTOM_DOMAIN)
         ctx.tick()
-        for attr_name, sub in _subgraphs(node):
+        for attr_name, sub in subs[idx]:
             lay.subgraphs[attr_name] = build_graph(sub, infos=infos, outer_weights=weights,
                                                    outer_values=values, ctx=ctx)
         layers.append(lay)

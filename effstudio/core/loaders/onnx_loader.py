@@ -9,19 +9,19 @@ the large weights.  The ModelProto (weights included, held once) is kept for onn
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper
 
 from effstudio.core.errors import ModelLoadError
 from effstudio.core.graph import ModelInfo
 from effstudio.core.inputs import InputSpec, make_example_inputs
 from effstudio.core.latency.ort_source import file_stamp
 from effstudio.core.loaders import onnx_graph, onnx_shapes
-from effstudio.core.loaders.onnx_external import iter_tensors, load_external_data
+from effstudio.core.loaders.onnx_external import external_tensors, load_external_data, uses_external
 from effstudio.core.model import LoadedModel
 from effstudio.core.progress import Progress
 
@@ -100,17 +100,20 @@ def load_onnx(path: Path, *, inputs: dict[str, InputSpec], progress: Progress,
     progress.update(0.0, f"reading {path.name}")
     model = read_model(path)
     opset = check_versions(path, model)
-    stamp = file_stamp(path, model)  # before reading: a file changed meanwhile voids it
+    external = external_tensors(model)
+    stamp = file_stamp(path, model, external)  # before reading: a file changed meanwhile voids it
     progress.update(0.05, "checking external data")
-    load_external_data(model, path, progress.sub(0.05, 0.1), select=_read_early)
-    deferred = any(external_data_helper.uses_external_data(t) for t in iter_tensors(model))
+    load_external_data(model, path, progress.sub(0.05, 0.1), select=_read_early, external=external)
+    external = [t for t in external if uses_external(t)]  # those left in their files
+    deferred = bool(external)
 
     progress.update(0.1, "inferring shapes")
     declared = onnx_shapes.graph_inputs(model.graph)
     resolved = onnx_shapes.resolve_inputs(str(path), declared, inputs)
     symbols = onnx_shapes.symbol_values(declared, resolved)
     concrete = all(t.shape is not None and all(isinstance(d, int) for d in t.shape) for t in resolved)
-    feeds = make_example_inputs(resolved) if concrete else None
+    # example data, made on first use: by a shape run, or by whoever reads loaded.example_inputs
+    feeds = functools.cache(functools.partial(make_example_inputs, resolved)) if concrete else None
     infos, shape_problem = onnx_shapes.infer_tensor_infos(
         model, resolved, symbols, feeds, external_folder=str(path.parent) if deferred else None)
 
@@ -134,13 +137,13 @@ def load_onnx(path: Path, *, inputs: dict[str, InputSpec], progress: Progress,
     if ctx.renamed == 0:  # the held proto is the file: a runtime may load the file itself
         loaded.onnx_file_stamp = stamp
     if feeds is not None and _same_tensors(graph.inputs, resolved):
-        loaded.example_inputs = feeds  # made for the shape run already: the same data
+        loaded.defer_example_inputs(feeds)  # a shape run's data when there was one: the same arrays
     elif all(t.shape is not None and all(isinstance(d, int) for d in t.shape) for t in graph.inputs):
-        loaded.example_inputs = make_example_inputs(graph.inputs)
+        loaded.defer_example_inputs(functools.partial(make_example_inputs, list(graph.inputs)))
     if on_graph is not None:
         on_graph(loaded)
     if deferred and read_weights:
         progress.update(0.5, "reading weights")
-        load_external_data(model, path, progress.sub(0.5, 1.0))
+        load_external_data(model, path, progress.sub(0.5, 1.0), external=external)
     progress.update(1.0, f"loaded {path.name}: {len(graph.layers)} layers")
     return loaded

@@ -17,7 +17,7 @@ are one sample).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import onnx
@@ -41,14 +41,6 @@ def _subgraphs(node: onnx.NodeProto) -> Iterable[onnx.GraphProto]:
             yield from a.graphs
 
 
-def _values_of(g: onnx.GraphProto) -> Iterable[str]:
-    """Every value a graph (subgraphs included) defines: node outputs."""
-    for node in g.node:
-        yield from (o for o in node.output if o)
-        for sub in _subgraphs(node):
-            yield from _values_of(sub)
-
-
 def _outer_refs(g: onnx.GraphProto) -> list[str]:
     """Names a (sub)graph reads from its enclosing scopes, in first-use order."""
     defined = {vi.name for vi in g.input} | {t.name for t in g.initializer}
@@ -65,8 +57,20 @@ def _outer_refs(g: onnx.GraphProto) -> list[str]:
     return out
 
 
-def _needs_run(g: onnx.GraphProto, infos: dict[str, TensorInfo]) -> bool:
-    return any(is_unknown(infos.get(v)) for v in _values_of(g))
+def needs_run(g: onnx.GraphProto, infos: dict[str, TensorInfo]) -> bool:
+    """Whether some value ``g`` (or a subgraph) defines has an unknown or symbolic shape."""
+    get = infos.get
+    for node in g.node:
+        for o in node.output:
+            if o:
+                t = get(o)
+                if t is None or t.shape is None or not all(isinstance(d, int) for d in t.shape):
+                    return True
+        if node.attribute:  # (testing a repeated field costs less than iterating an empty one)
+            for sub in _subgraphs(node):
+                if needs_run(sub, infos):
+                    return True
+    return False
 
 
 def _record(infos: dict[str, TensorInfo], name: str, value: object) -> None:
@@ -138,7 +142,7 @@ def _run_subgraph(model: onnx.ModelProto, sub: onnx.GraphProto, own: dict[str, n
                   infos: dict[str, TensorInfo], depth: int, folder: str | None = None) -> None:
     """Fill the shapes of ``sub`` (and its own subgraphs) by running it standalone; a subgraph
     that this data does not let run (the other branch of an If, say) is skipped."""
-    if not _needs_run(sub, infos) and not any(is_unknown(infos.get(n)) for n in own):
+    if not needs_run(sub, infos) and not any(is_unknown(infos.get(n)) for n in own):
         return
     refs = _outer_refs(sub)
     if any(r not in values and r not in inits for r in refs):
@@ -161,7 +165,7 @@ def _fill(model: onnx.ModelProto, feeds: dict[str, np.ndarray], infos: dict[str,
     graph_inputs = {vi.name for vi in g.input}
     unknown = [o for node in g.node for o in node.output if o and is_unknown(infos.get(o))]
     nested = [n for n in g.node if n.op_type in ("If", "Loop") and n.domain in ("", "ai.onnx")
-              and any(_needs_run(sub, infos) for sub in _subgraphs(n))] if depth < _MAX_DEPTH else []
+              and any(needs_run(sub, infos) for sub in _subgraphs(n))] if depth < _MAX_DEPTH else []
     # what the nested graphs read from here: If's condition, Loop's carried initial values, outer refs
     reads = [r for n in nested for r in (*n.input, *(x for sub in _subgraphs(n) for x in _outer_refs(sub))) if r]
     wanted = list(dict.fromkeys(unknown + [r for r in reads if r not in graph_inputs and r not in inits]))
@@ -196,16 +200,20 @@ def _fill(model: onnx.ModelProto, feeds: dict[str, np.ndarray], infos: dict[str,
             _run_subgraph(model, body, own, values, inits, infos, depth, folder)
 
 
-def fill_shapes_by_running(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+def fill_shapes_by_running(model: onnx.ModelProto,
+                           feeds: dict[str, np.ndarray] | Callable[[], dict[str, np.ndarray]],
                            infos: dict[str, TensorInfo], external_folder: str | None = None) -> str | None:
-    """Replace unknown / symbolic shapes in ``infos`` with those of one run on ``feeds``.
+    """Replace unknown / symbolic shapes in ``infos`` with those of one run on ``feeds`` (or on
+    ``feeds()``, made only when a run is needed).
 
     Returns why the run of the main graph failed (``None`` when it ran or was not needed);
     the static shapes stand for whatever could not be run.  ``external_folder``: where tensors
     still stored as external data (not read into ``model``) are; onnxruntime reads them there.
     """
-    if not _needs_run(model.graph, infos) or model.ByteSize() >= _PROTO_LIMIT:
+    if not needs_run(model.graph, infos) or model.ByteSize() >= _PROTO_LIMIT:
         return None
+    if callable(feeds):
+        feeds = feeds()
     problems: list[str] = []
     _fill(model, feeds, infos, {}, 0, problems, external_folder)
     return problems[0] if problems else None

@@ -47,9 +47,17 @@ _SIMPLE_LIST = re.compile(r"\[(?:'[^'\\]*'(?:, '[^'\\]*')*)?\]")
 _ITEM = re.compile(r"'([^'\\]*)'")
 
 
-def _from_name_scopes(value: str) -> str | None:
+def _from_name_scopes(value: str, cache: dict[str, str] | None = None) -> str | None:
     if _SIMPLE_LIST.fullmatch(value):
-        return join_scope(_ITEM.findall(value)[:-1])  # the last entry is the FX node, not a module
+        # the last entry is the FX node, not a module: the scope depends on the others only,
+        # which many nodes share (``cache``: their text -> scope, for one model)
+        modules = value[:max(value.rfind(", '"), 1)]
+        if cache is not None and (hit := cache.get(modules)) is not None:
+            return hit
+        scope = join_scope(_ITEM.findall(modules))
+        if cache is not None:
+            cache[modules] = scope
+        return scope
     try:
         scopes = ast.literal_eval(value)
     except (ValueError, SyntaxError):
@@ -73,15 +81,17 @@ def _from_node_name(name: str) -> str:
     return join_scope(name.split("/")[1:-1])  # the last component is the op ("Conv", "MatMul_1")
 
 
-def node_scope(node: onnx.NodeProto) -> str:
-    """The dotted module path of ``node`` ("" at the top level or when nothing records it)."""
+def node_scope(node: onnx.NodeProto, cache: dict[str, str] | None = None) -> str:
+    """The dotted module path of ``node`` ("" at the top level or when nothing records it).
+    ``cache``: a dict kept across the nodes of one model (the scopes many nodes share)."""
     namespace = None
     for prop in node.metadata_props:
-        if prop.key == NAME_SCOPES_KEY:
-            scope = _from_name_scopes(prop.value)
+        key = prop.key
+        if key == NAME_SCOPES_KEY:
+            scope = _from_name_scopes(prop.value, cache)
             if scope is not None:
                 return scope
-        elif prop.key == NAMESPACE_KEY:
+        elif key == NAMESPACE_KEY:
             namespace = prop.value
     if namespace is not None:
         scope = _from_namespace(namespace)

@@ -11,6 +11,8 @@ hundred KB whatever the model's size.
 from __future__ import annotations
 
 import ast
+import math
+from collections.abc import Callable
 from typing import Any
 
 import onnx
@@ -64,15 +66,33 @@ def type_shape(tp: onnx.TypeProto) -> Shape | None:
     return tuple(out)
 
 
+_TENSOR_TYPE = "tensor_type"
+
+
 def value_info(vi: onnx.ValueInfoProto) -> TensorInfo:
-    return TensorInfo(vi.name, type_shape(vi.type), type_dtype(vi.type))
+    tp = vi.type
+    if tp.WhichOneof("value") != _TENSOR_TYPE:
+        return TensorInfo(vi.name, type_shape(tp), type_dtype(tp))
+    # the common case, what type_shape and type_dtype give, with each field read once
+    tt = tp.tensor_type
+    elem = tt.elem_type
+    dtype = dtypes.from_onnx(elem) if elem else None
+    if not tt.HasField("shape"):
+        return TensorInfo(vi.name, None, dtype)
+    out: list[Dim] = []
+    for d in tt.shape.dim:
+        v = d.dim_value
+        if v > 0:  # only a set dim_value is nonzero: one read for the usual dim
+            out.append(v)
+        elif v < 0:
+            out.append("?")  # -1: "dynamic", as some old exporters write
+        else:
+            out.append(d.dim_param or (0 if d.HasField("dim_value") else "?"))
+    return TensorInfo(vi.name, tuple(out), dtype)
 
 
 def tensor_nbytes(t: onnx.TensorProto) -> int:
-    n = 1
-    for d in t.dims:
-        n *= int(d)
-    return dtypes.nbytes(dtypes.from_onnx(t.data_type), n)
+    return dtypes.nbytes(dtypes.from_onnx(t.data_type), math.prod(t.dims))  # dims: Python ints
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -206,7 +226,8 @@ def _substitute(vi: onnx.ValueInfoProto, symbols: dict[str, int]) -> onnx.ValueI
     return vi
 
 
-_GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+_GRAPH = onnx.AttributeProto.GRAPH
+_GRAPHS = onnx.AttributeProto.GRAPHS
 
 
 def _light_graph(src: onnx.GraphProto, dst: onnx.GraphProto, hoisted: list[onnx.ValueInfoProto],
@@ -220,19 +241,28 @@ def _light_graph(src: onnx.GraphProto, dst: onnx.GraphProto, hoisted: list[onnx.
             dst.initializer.add().CopyFrom(t)
         else:
             hoisted.append(_typed(t.name, t))
-    for sp in src.sparse_initializer:
-        vi = onnx.helper.make_tensor_value_info(sp.values.name, sp.values.data_type, list(sp.dims))
-        hoisted.append(vi)
-    plain: list[onnx.NodeProto] = []  # copied in one call each run (names, metadata and all)
+    if src.sparse_initializer:
+        for sp in src.sparse_initializer:
+            vi = onnx.helper.make_tensor_value_info(sp.values.name, sp.values.data_type, list(sp.dims))
+            hoisted.append(vi)
+    plain: list[onnx.NodeProto] = []  # copied in one call each run
     for node in src.node:
+        attrs = node.attribute
+        if not attrs:
+            plain.append(node)
+            continue
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
-            big = [a for a in node.attribute if a.name == "value" and a.HasField("t") and not _keep_data(a.t)]
+            big = [a for a in attrs if a.name == "value" and a.HasField("t") and not _keep_data(a.t)]
             if big:
                 dst.node.extend(plain)
                 plain.clear()
                 hoisted.append(_typed(node.output[0], big[0].t))
                 continue
-        if not any(a.type in _GRAPH_ATTRS for a in node.attribute):
+        for a in attrs:
+            t = a.type
+            if t in (_GRAPH, _GRAPHS):
+                break
+        else:
             plain.append(node)
             continue
         dst.node.extend(plain)
@@ -246,16 +276,19 @@ def _light_graph(src: onnx.GraphProto, dst: onnx.GraphProto, hoisted: list[onnx.
         if node.overload:
             n.overload = node.overload
         for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
+            if a.type == _GRAPH:
                 na = n.attribute.add(name=a.name, type=a.type)
                 _light_graph(a.g, na.g, hoisted, symbols)
-            elif a.type == onnx.AttributeProto.GRAPHS:
+            elif a.type == _GRAPHS:
                 na = n.attribute.add(name=a.name, type=a.type)
                 for g in a.graphs:
                     _light_graph(g, na.graphs.add(), hoisted, symbols)
             else:
                 n.attribute.add().CopyFrom(a)
     dst.node.extend(plain)
+    for n in dst.node:  # inference needs neither: torch's stack traces there are most of the bytes
+        n.ClearField("metadata_props")
+        n.ClearField("doc_string")
     dst.input.extend(src.input)
     dst.output.extend(src.output)
     dst.value_info.extend(src.value_info)
@@ -305,12 +338,14 @@ def collect_infos(model: onnx.ModelProto, known: dict[str, TensorInfo] | None = 
                 t = known.get(vi.name)
                 out[vi.name] = t if t is not None else value_info(vi)
         for node in g.node:
-            for a in node.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    visit(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for sub in a.graphs:
-                        visit(sub)
+            if node.attribute:
+                for a in node.attribute:
+                    t = a.type
+                    if t == _GRAPH:
+                        visit(a.g)
+                    elif t == _GRAPHS:
+                        for sub in a.graphs:
+                            visit(sub)
 
     visit(model.graph)
     return out
@@ -334,12 +369,20 @@ def _stuck_nodes(g: onnx.GraphProto, infos: dict[str, TensorInfo]) -> list[str]:
     onnxruntime's inference costs seconds (sympy's import alone) and rarely helps with what
     follows control flow or custom ops, so it runs only for these.
     """
+    def unknown(name: str) -> bool:
+        t = infos.get(name)
+        return t is None or t.shape is None
+
     stuck = []
     for node in g.node:
+        for o in node.output:  # first the outputs: all known, the common case, ends it here
+            if o and unknown(o):
+                break
+        else:
+            continue
         if node.op_type in _CONTROL_FLOW or node.domain not in _STANDARD_DOMAINS:
             continue
-        if any(_known(infos.get(o)) < 0 for o in node.output if o) and \
-                all(_known(infos.get(i)) >= 0 for i in node.input if i):
+        if not any(unknown(i) for i in node.input if i):
             stuck.append(node.name or node.op_type)
     return stuck
 
@@ -367,11 +410,12 @@ def _symbolic_pass(light: onnx.ModelProto, infos: dict[str, TensorInfo]) -> None
 
 
 def infer_tensor_infos(model: onnx.ModelProto, inputs: list[TensorInfo], symbols: dict[str, int],
-                       feeds: dict[str, Any] | None = None, external_folder: str | None = None
-                       ) -> tuple[dict[str, TensorInfo], str | None]:
+                       feeds: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+                       external_folder: str | None = None) -> tuple[dict[str, TensorInfo], str | None]:
     """Shapes and dtypes of every value, inferred from ``inputs``.
 
-    With ``feeds`` (example data for every input, all shapes concrete), shapes that static
+    With ``feeds`` (example data for every input, all shapes concrete; or a function making it,
+    called only when a run is needed), shapes that static
     inference leaves unknown or symbolic are taken from one onnxruntime run on them (see
     ``onnx_run_shapes``; ``external_folder``: where weights not yet read into ``model`` lie).
     Returns the infos and, when inference failed, why (the declared ``value_info`` is used then).
@@ -389,11 +433,14 @@ def infer_tensor_infos(model: onnx.ModelProto, inputs: list[TensorInfo], symbols
         found = collect_infos(inferred)
         problem = None
         break
-    infos = collect_infos(light, known=found)  # the stored shapes, where inference found none
-    infos.update(found)
-    if feeds is not None:
-        from effstudio.core.loaders.onnx_run_shapes import fill_shapes_by_running
+    # onnx's inference keeps every stored value_info (refined where it can), so ``found`` holds
+    # the stored shapes too; without it, the stored shapes are all there is
+    infos = found if problem is None else collect_infos(light)
+    from effstudio.core.loaders.onnx_run_shapes import fill_shapes_by_running, needs_run
 
+    if not needs_run(model.graph, infos):
+        return infos, problem  # every value's shape is known and static: nothing left to find
+    if feeds is not None:
         run_problem = fill_shapes_by_running(model, feeds, infos, external_folder)
         if run_problem and problem is None:
             problem = f"running the model on example inputs to find shapes failed: {run_problem}"
