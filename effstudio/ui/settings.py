@@ -5,7 +5,9 @@ Tests point QSettings at a temporary folder (``tests/ui/conftest.py``); nothing 
 
 from __future__ import annotations
 
-from PySide6.QtCore import QByteArray, QSettings
+import threading
+
+from PySide6.QtCore import QByteArray, QCoreApplication, QEvent, QSettings
 
 MAX_RECENT = 10
 ORGANIZATION = "effstudio"
@@ -17,6 +19,7 @@ class Settings:
 
     def __init__(self) -> None:
         self._s = QSettings()
+        self._writer: threading.Thread | None = None  # the last background write (see _set)
 
     # --- recent files ---------------------------------------------------------------------
     def recent_files(self) -> list[str]:
@@ -27,16 +30,16 @@ class Settings:
 
     def add_recent(self, spec: str) -> list[str]:
         items = [spec, *(r for r in self.recent_files() if r != spec)][:MAX_RECENT]
-        self._s.setValue("recent_files", items)
+        self._set("recent_files", items)
         return items
 
     def remove_recent(self, spec: str) -> list[str]:
         items = [r for r in self.recent_files() if r != spec]
-        self._s.setValue("recent_files", items)
+        self._set("recent_files", items)
         return items
 
     def clear_recent(self) -> None:
-        self._s.setValue("recent_files", [])
+        self._set("recent_files", [])
 
     # --- simple values --------------------------------------------------------------------
     def _str(self, key: str, default: str) -> str:
@@ -49,7 +52,7 @@ class Settings:
 
     @theme.setter
     def theme(self, name: str) -> None:
-        self._s.setValue("view/theme", name)
+        self._set("view/theme", name)
 
     @property
     def metric(self) -> str:
@@ -57,7 +60,7 @@ class Settings:
 
     @metric.setter
     def metric(self, key: str) -> None:
-        self._s.setValue("view/metric", key)
+        self._set("view/metric", key)
 
     @property
     def log_scale(self) -> bool:
@@ -65,7 +68,7 @@ class Settings:
 
     @log_scale.setter
     def log_scale(self, on: bool) -> None:
-        self._s.setValue("view/log_scale", "true" if on else "false")
+        self._set("view/log_scale", "true" if on else "false")
 
     @property
     def last_dir(self) -> str:
@@ -73,7 +76,7 @@ class Settings:
 
     @last_dir.setter
     def last_dir(self, path: str) -> None:
-        self._s.setValue("files/last_dir", path)
+        self._set("files/last_dir", path)
 
     # --- window layout --------------------------------------------------------------------
     def geometry(self) -> QByteArray | None:
@@ -85,8 +88,34 @@ class Settings:
         return v if isinstance(v, QByteArray) and not v.isEmpty() else None
 
     def save_layout(self, geometry: QByteArray, state: QByteArray) -> None:
-        self._s.setValue("window/geometry", geometry)
-        self._s.setValue("window/state", state)
+        self._set("window/geometry", geometry, "window/state", state)
 
     def sync(self) -> None:
         self._s.sync()
+
+    def wait_written(self, timeout_s: float = 10.0) -> bool:
+        """Wait for the last background write (tests); True when none is running."""
+        w = self._writer
+        if w is not None:
+            w.join(timeout_s)
+        return w is None or not w.is_alive()
+
+    def _set(self, *pairs) -> None:
+        """Set ``key, value[, key, value...]`` and write the file from a short thread.
+
+        QSettings writes a changed file from its thread's event loop: on the GUI thread, a disk
+        write of 3-20 ms (once 280 ms) in the middle of opening a model, which adds the file to
+        the recent list.  Its queued write is dropped here and done by another QSettings on the
+        same file in a thread: QSettings objects of one file in a process share their unsaved
+        changes, and QSettings locks the file while it writes.
+        """
+        for key, value in zip(pairs[::2], pairs[1::2], strict=True):
+            self._s.setValue(key, value)
+        QCoreApplication.removePostedEvents(self._s, QEvent.Type.UpdateRequest)
+        args = (self._s.fileName(), self._s.format())
+        self._writer = threading.Thread(target=_write, args=args, name="settings-write", daemon=True)
+        self._writer.start()
+
+
+def _write(path: str, fmt: QSettings.Format) -> None:
+    QSettings(path, fmt).sync()
