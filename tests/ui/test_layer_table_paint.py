@@ -8,8 +8,9 @@ import pytest
 from PySide6.QtCore import QEvent, QModelRoleData, QModelRoleDataSpan, QObject, Qt
 
 from effstudio.core.graph import Layer, LayerGraph, ModelInfo, TensorInfo
-from effstudio.core.metrics.table import MetricsTable
-from effstudio.ui.panels.layer_table import COLUMN_INDEX, COLUMNS, LayerTablePanel
+from effstudio.core.metrics.table import METRICS, MetricsTable
+from effstudio.ui import numbers
+from effstudio.ui.panels.layer_table import COLUMN_INDEX, COLUMNS, NAME_ROLE, LayerTablePanel
 from effstudio.ui.selection import SelectionModel
 
 PAINTED_ROLES = [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.DecorationRole, Qt.ItemDataRole.FontRole,
@@ -85,3 +86,38 @@ def test_new_rows_and_a_new_order_paint_the_table_once(qtbot) -> None:
         change()
         qtbot.wait(80)  # every queued layout and repaint has run
         assert counter.paints == 1, (i, counter.paints)
+
+
+def _shown(table: LayerTablePanel, key: str) -> dict[str, str]:
+    """Layer name -> the text the view paints in column ``key`` (through multiData, as the delegate asks)."""
+    proxy = table.proxy
+    rd = QModelRoleData(int(Qt.ItemDataRole.DisplayRole))
+    span = QModelRoleDataSpan(rd)
+    out = {}
+    for row in range(proxy.rowCount()):
+        proxy.multiData(proxy.index(row, COLUMN_INDEX[key]), span)
+        out[proxy.index(row, 0).data(NAME_ROLE)] = span[0].data()
+    return out
+
+
+def test_cached_cells_show_new_numbers_after_a_metric_update_and_a_resort(qtbot) -> None:
+    table = LayerTablePanel(SelectionModel())
+    qtbot.addWidget(table)
+    table.resize(900, 300)
+    table.show()
+    graph, metrics = _chain(30)
+    table.set_graph(graph)
+    table.set_metrics(metrics)
+    table.view.viewport().repaint()  # the visible rows are cached now
+    before = _shown(table, "macs")
+    assert before["block0.relu1"] == numbers.by_unit(7919 % 1000, METRICS["macs"].unit)
+    new = {name: v * 3 + 1 for name, v in metrics.column("macs").items()}
+    table.set_metrics(MetricsTable({"macs": new, "params": metrics.column("params")}))
+    after = _shown(table, "macs")
+    assert after == {name: numbers.by_unit(v, METRICS["macs"].unit) for name, v in new.items()}
+    assert after != before
+    # a new order moves each row's cached texts with it
+    table.sort_by("macs", descending=True)
+    assert _shown(table, "macs") == after
+    assert [table.proxy.index(r, COLUMN_INDEX["macs"]).data() for r in range(3)] == [
+        numbers.by_unit(v, METRICS["macs"].unit) for v in sorted(new.values(), reverse=True)[:3]]

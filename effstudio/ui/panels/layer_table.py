@@ -76,6 +76,9 @@ class LayerTableModel(QAbstractTableModel):
         self._row_of: dict[str, int] = {}
         self._sort: tuple[int, Qt.SortOrder] | None = None
         self._sorted_for: tuple | None = None  # (column, order, metrics) the rows are in order for
+        # per row (display order), its cells' (display, alignment, tooltip), built when the row is
+        # first asked for: a paint is then lookups, not number formatting (see multiData)
+        self._cells: list[tuple[tuple[str, int | None, str | None], ...] | None] = []
 
     def set_graph(self, graph: LayerGraph | None) -> None:
         self.beginResetModel()
@@ -86,11 +89,13 @@ class LayerTableModel(QAbstractTableModel):
         self._sorted_for = None
         self._layers = self._sorted(self._layers)
         self._row_of = {lay.name: i for i, lay in enumerate(self._layers)}
+        self._cells = [None] * len(self._layers)
         self.endResetModel()
 
     def set_metrics(self, metrics: MetricsTable) -> None:
         self._metrics = metrics
         self._latency_total = sum(metrics.column("latency_ms").values())
+        self._cells = [None] * len(self._layers)  # new numbers: every cached text is stale
         if self._layers:
             if self._sort is not None:
                 self.sort(*self._sort)  # the sorted column's numbers may have changed
@@ -111,6 +116,7 @@ class LayerTableModel(QAbstractTableModel):
         self.layoutAboutToBeChanged.emit()
         old_persistent = self.persistentIndexList()
         names = [self._layers[i.row()].name for i in old_persistent]
+        self._cells = [self._cells[self._row_of[lay.name]] for lay in new]  # the cached rows move with their layers
         self._layers = new
         self._row_of = {lay.name: i for i, lay in enumerate(new)}
         self.changePersistentIndexList(old_persistent, [self.index(self._row_of[n], i.column())
@@ -183,25 +189,39 @@ class LayerTableModel(QAbstractTableModel):
             return f"{int(v):,}" if key == "params" else numbers.by_unit(v, METRICS[key].unit)
         return str(v)
 
+    def _row_cells(self, row: int) -> tuple[tuple[str, int | None, str | None], ...]:
+        """Row ``row``'s cells as (display text, alignment or None, tooltip or None), cached."""
+        cells = self._cells[row]
+        if cells is None:
+            layer = self._layers[row]
+            notes = self._metrics.notes
+            built = []
+            for col in COLUMNS:
+                raw = self.raw(layer, col.key)
+                tip = None
+                if col.numeric and raw is None:
+                    note = notes.get(col.key, "")
+                    tip = f"unknown for {layer.op_type}" + (f" ({note})" if note else "")
+                elif col.key == "name":
+                    tip = layer.name
+                built.append((self.display(layer, col.key), _RIGHT if col.numeric else None, tip))
+            cells = self._cells[row] = tuple(built)
+        return cells
+
     def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
             return None
-        layer = self._layers[index.row()]
-        col = COLUMNS[index.column()]
+        row = index.row()
         if role == Qt.ItemDataRole.DisplayRole:
-            return self.display(layer, col.key)
+            return self._row_cells(row)[index.column()][0]
         if role == SORT_ROLE:
-            return self.raw(layer, col.key)
+            return self.raw(self._layers[row], COLUMNS[index.column()].key)
         if role == NAME_ROLE:
-            return layer.name
-        if role == Qt.ItemDataRole.TextAlignmentRole and col.numeric:
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            return self._layers[row].name
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return self._row_cells(row)[index.column()][1]
         if role == Qt.ItemDataRole.ToolTipRole:
-            if col.numeric and self.raw(layer, col.key) is None:
-                note = self._metrics.notes.get(col.key, "")
-                return f"unknown for {layer.op_type}" + (f" ({note})" if note else "")
-            if col.key == "name":
-                return layer.name
+            return self._row_cells(row)[index.column()][2]
         return None
 
     def multiData(self, index: QModelIndex | QPersistentModelIndex, roleDataSpan) -> None:
@@ -211,27 +231,33 @@ class LayerTableModel(QAbstractTableModel):
         into Python per paint of the table, each taking the GIL back from whatever worker holds
         it (a paint took 20-70 ms next to the layout worker).  One call per cell: ~90.
         """
-        if not index.isValid():
-            return
-        layer = self._layers[index.row()]
-        col = COLUMNS[index.column()]
+        if index.isValid():
+            self.fill_cell(index.row(), index.column(), roleDataSpan)
+
+    def fill_cell(self, row: int, column: int, roleDataSpan) -> None:
+        """:meth:`multiData` for source cell (row, column): cached values, no formatting."""
+        display, align, tip = self._row_cells(row)[column]
         for i in range(len(roleDataSpan)):
             rd = roleDataSpan[i]
             role = rd.role()
             if role == _DISPLAY:
-                rd.setData(self.display(layer, col.key))
-            elif role == _ALIGN and col.numeric:
-                rd.setData(_RIGHT)
-            elif role in _OWN_ROLES:
-                rd.setData(self.data(index, Qt.ItemDataRole(role) if role < SORT_ROLE else role))
+                rd.setData(display)
+            elif role == _ALIGN and align is not None:
+                rd.setData(align)
+            elif role == _TIP and tip is not None:
+                rd.setData(tip)
+            elif role == SORT_ROLE:
+                rd.setData(self.raw(self._layers[row], COLUMNS[column].key))
+            elif role == NAME_ROLE:
+                rd.setData(self._layers[row].name)
             else:
                 rd.clearData()  # the span is reused from cell to cell: no value left from the last one
 
 
 _DISPLAY = int(Qt.ItemDataRole.DisplayRole)
 _ALIGN = int(Qt.ItemDataRole.TextAlignmentRole)
+_TIP = int(Qt.ItemDataRole.ToolTipRole)
 _RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-_OWN_ROLES = {int(Qt.ItemDataRole.ToolTipRole), int(SORT_ROLE), int(NAME_ROLE)}  # the rest: none
 
 
 class LayerFilterProxy(QSortFilterProxyModel):
@@ -241,6 +267,11 @@ class LayerFilterProxy(QSortFilterProxyModel):
         super().__init__(parent)
         self.setSortRole(SORT_ROLE)
         self._regex: re.Pattern[str] | None = None
+        self._source: LayerTableModel | None = None
+
+    def setSourceModel(self, model) -> None:
+        super().setSourceModel(model)
+        self._source = model if isinstance(model, LayerTableModel) else None
 
     def set_pattern(self, text: str) -> bool:
         """Filter rows by a case-insensitive regex on name or op; False if ``text`` is not a regex."""
@@ -270,8 +301,14 @@ class LayerFilterProxy(QSortFilterProxyModel):
         self.sourceModel().sort(column, order)
 
     def multiData(self, index: QModelIndex | QPersistentModelIndex, roleDataSpan) -> None:
-        # Qt's proxy would ask the source role by role (see LayerTableModel.multiData)
-        self.sourceModel().multiData(self.mapToSource(index), roleDataSpan)
+        # Qt's proxy would ask the source role by role (see LayerTableModel.multiData); straight
+        # to the source's Python method with the row and column: no source index wrapped for it
+        source = self.mapToSource(index)
+        if self._source is not None:
+            if source.isValid():
+                self._source.fill_cell(source.row(), source.column(), roleDataSpan)
+        else:
+            self.sourceModel().multiData(source, roleDataSpan)
 
 
 class LayerTablePanel(QWidget):
