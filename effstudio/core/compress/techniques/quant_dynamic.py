@@ -14,6 +14,11 @@
 
 Convolutions are refused: dynamic int8 Conv runs as ConvInteger, measured 5–6× slower on CPUs
 without VNNI; static int8 (QDQ) is the technique for them.
+
+ONNX only, chosen per input from calibration data (see ``_smoothing``): ``smooth`` (SmoothQuant
+activation smoothing folded into the graph), ``per_channel: auto`` and ``reduce_range: auto``
+(each group of MatMuls reading one activation gets the weight format with the least error of
+onnxruntime's int8 product, emulated on the calibration activations for this CPU).
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from effstudio.core.compress.base import CompressError, Expectation, StepResult, Technique, TechniqueConfig
 from effstudio.core.compress.registry import register
 from effstudio.core.compress.techniques import _onnx_quant_util as U
+from effstudio.core.compress.techniques.calibration import calibration_feeds, check_source
 from effstudio.core.graph import Layer, LayerGraph, Weight
 from effstudio.core.model import LoadedModel
 from effstudio.core.progress import Progress
@@ -37,21 +45,55 @@ _TORCH_OPS = {"linear": "Linear", "lstm": "LSTM", "gru": "GRU", "embedding": "Em
 _QUANTIZED_OPS = {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
 
 
+def _one_of(value, *allowed) -> bool:
+    """``value`` equals one of ``allowed`` and has its type (1 is not true, "True" is not true)."""
+    return any(type(value) is type(a) and value == a for a in allowed)
+
+
 @dataclass
 class Int8DynamicConfig(TechniqueConfig):
-    """per_channel: one scale per output channel (more accurate than one per tensor);
-    reduce_range (ONNX only): 7-bit weights (null, the default: off; measured less accurate here)."""
+    """per_channel: one scale per output channel (more accurate than one per tensor), or "auto"
+    (ONNX: per input, see below); reduce_range (ONNX only): 7-bit weights (null, the default: off;
+    measured less accurate here), or "auto".
+    smooth (ONNX only): SmoothQuant activation smoothing, alpha in (0, 1) for every input that can
+    be smoothed, "auto" (per input: one of 0.3…0.9 or none), or null (off); smooth_mul: where the
+    scale cannot be folded into the op that makes the activation, insert a Mul (costs an
+    elementwise op each) instead of leaving that input unsmoothed.
+    "auto" choices take the option with the least emulated error on the calibration inputs, or one
+    without an inserted Mul whose error is at most (1 + tolerance) times that.
+    calibration / samples: as quant.int8_static (used only by these choices)."""
 
     technique = "quant.int8_dynamic"
     version = 1
-    per_channel: bool = True
-    reduce_range: bool | None = None
+    per_channel: bool | str = True
+    reduce_range: bool | str | None = None
+    smooth: float | str | None = None
+    smooth_mul: bool = True
+    tolerance: float = 0.0
+    calibration: str = "auto"
+    samples: int = 16
 
     def validate(self) -> None:
-        if not isinstance(self.per_channel, bool):
-            raise CompressError(f"{self.technique}: per_channel must be true or false")
-        if self.reduce_range is not None and not isinstance(self.reduce_range, bool):
-            raise CompressError(f"{self.technique}: reduce_range must be true, false or null (auto)")
+        if not _one_of(self.per_channel, True, False, "auto"):
+            raise CompressError(f"{self.technique}: per_channel must be true, false or auto")
+        if not _one_of(self.reduce_range, None, True, False, "auto"):
+            raise CompressError(f"{self.technique}: reduce_range must be true, false, null or auto")
+        sm = self.smooth
+        if sm is not None and sm != "auto" and (isinstance(sm, bool) or not isinstance(sm, int | float)
+                                                or not 0.0 < float(sm) < 1.0):
+            raise CompressError(f"{self.technique}: smooth must be null, auto or an alpha between 0 and 1, got {sm!r}")
+        if not isinstance(self.smooth_mul, bool):
+            raise CompressError(f"{self.technique}: smooth_mul must be true or false")
+        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, int | float) \
+                or not 0.0 <= float(self.tolerance) <= 100.0:
+            raise CompressError(f"{self.technique}: tolerance must be a number in 0..100, got {self.tolerance!r}")
+        check_source(self.calibration, self.technique)
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or not 1 <= self.samples <= 100_000:
+            raise CompressError(f"{self.technique}: samples must be an integer in 1..100000, got {self.samples!r}")
+
+    def layerwise(self) -> bool:
+        """Whether the step chooses per input from calibration data (ONNX only)."""
+        return self.per_channel == "auto" or self.reduce_range == "auto" or self.smooth is not None
 
 
 def _torch_module_of(layer: Layer, loaded: LoadedModel):
@@ -110,6 +152,9 @@ class Int8Dynamic(Technique):
     def apply(self, loaded: LoadedModel, config: TechniqueConfig, selection: list[str],
               progress: Progress) -> StepResult:
         assert isinstance(config, Int8DynamicConfig)
+        if loaded.backend != "onnx" and config.layerwise():
+            raise CompressError(f"{self.name}: smooth and per_channel/reduce_range auto work on ONNX models (they "
+                                "emulate onnxruntime's int8 kernels); use fixed settings for torch models")
         self.check_selection(loaded, config, selection)
         if loaded.backend == "onnx":
             return _apply_onnx(self, loaded, config, selection, progress)
@@ -119,8 +164,6 @@ class Int8Dynamic(Technique):
 # --- ONNX ------------------------------------------------------------------------------------
 def _apply_onnx(tech: Int8Dynamic, loaded: LoadedModel, config: Int8DynamicConfig, selection: list[str],
                 progress: Progress) -> StepResult:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     from effstudio.core.compress.materialize import loaded_from_onnx_proto
 
     progress.update(0.05, "preparing the ONNX graph")
@@ -132,31 +175,33 @@ def _apply_onnx(tech: Int8Dynamic, loaded: LoadedModel, config: Int8DynamicConfi
     other_gemms = [n.name for n in loaded.onnx_model.graph.node
                    if n.op_type == "Gemm" and n.name not in selected and U.gemm_rewritable(n)]
 
-    reduce_range, why = U.resolve_reduce_range(config.reduce_range, "dynamic")
-    progress.update(0.2, f"quantizing {len(targets)} layer(s) with onnxruntime (dynamic int8)")
-    with tempfile.TemporaryDirectory(prefix="effstudio-q-") as tmp:
-        out = Path(tmp) / "q.onnx"
-        big = proto.ByteSize() > (1 << 30)
-        try:
-            with U.quiet():
-                quantize_dynamic(proto, out, weight_type=QuantType.QInt8, per_channel=config.per_channel,
-                                 reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Gather"],
-                                 nodes_to_quantize=targets, use_external_data_format=big,
-                                 extra_options={"MatMulConstBOnly": True})
-        except Exception as e:  # onnxruntime raises assorted errors on graphs it cannot handle
-            raise CompressError(f"onnxruntime quantize_dynamic failed: {type(e).__name__}: {e}") from e
-        import onnx
-
-        result = onnx.load(str(out))
+    per_channel = config.per_channel if isinstance(config.per_channel, bool) else True
+    reduce_range, why = U.resolve_reduce_range(None if config.reduce_range == "auto" else config.reduce_range,
+                                               "dynamic")
+    formats = {t: (per_channel, reduce_range) for t in targets}
+    layerwise_notes: list[str] = []
+    extra: dict = {}
+    coupled: list[str] = []
+    if config.layerwise():
+        back = {v: k for k, v in mapping.items()}
+        proto, chosen, layerwise_notes, extra, coupled = _layerwise(
+            loaded, proto, config, targets, (per_channel, reduce_range), back, progress.sub(0.05, 0.5))
+        formats.update(chosen)
+        coupled = [n for n in coupled if n not in selected]
+    progress.update(0.5, f"quantizing {len(targets)} layer(s) with onnxruntime (dynamic int8)")
+    result = _quantize(proto, formats, reduce_range)
     restored = U.restore_gemms(result, loaded.onnx_model, other_gemms)
     dropped = U.drop_zero_weight_zero_points(result)
 
     progress.update(0.7, "checking which layers were quantized")
     changed, left, stored = _verify_onnx(loaded, result, selection)
     n_gather = sum(1 for n in changed if loaded.graph.layer(n).op_type == "Gather")
-    notes = [f"onnxruntime dynamic int8 ({'per-channel' if config.per_channel else 'per-tensor'} weights"
-             f"{', 7-bit range' if reduce_range else ''}): {len(changed) - n_gather} layer(s) now run as "
-             "MatMulInteger with activations quantized at every call"]
+    kinds = sorted({"per-channel" if pc else "per-tensor" for pc, _ in formats.values()})
+    seven = sum(1 for n in changed if formats.get(mapping.get(n, n), (0, False))[1])
+    seven_text = "" if not seven else ", 7-bit range" if seven == len(changed) else f", 7-bit range on {seven}"
+    notes = [f"onnxruntime dynamic int8 ({' and '.join(kinds)} weights{seven_text}): {len(changed) - n_gather} "
+             "layer(s) now run as MatMulInteger with activations quantized at every call"]
+    notes += layerwise_notes
     if n_gather:
         notes.append(f"{n_gather} embedding table(s) stored as 8-bit (one scale each); looked-up rows are dequantized")
     if dropped:
@@ -172,10 +217,98 @@ def _apply_onnx(tech: Int8Dynamic, loaded: LoadedModel, config: Int8DynamicConfi
     if left:
         notes.append(f"onnxruntime left {len(left)} selected layer(s) float: {', '.join(left[:8])}")
     new = loaded_from_onnx_proto(result, loaded, name="int8_dynamic", progress=progress.sub(0.8, 1.0))
-    return StepResult(new, changed, notes=notes, expectation=tech.expectation(loaded, config),
-                      extra={"quantized": stored, "left_float": left, "reduce_range": reduce_range,
+    return StepResult(new, changed, coupled=coupled, notes=notes, expectation=tech.expectation(loaded, config),
+                      extra={"quantized": stored, "left_float": left, "reduce_range": reduce_range, **extra,
                              "weight_bytes_before": loaded.graph.totals()["weight_bytes"],
                              "weight_bytes_after": new.graph.totals()["weight_bytes"]})
+
+
+def _quantize(proto, formats: dict[str, tuple[bool, bool]], reduce_range: bool):
+    """onnxruntime's ``quantize_dynamic`` on the nodes of ``formats`` (node -> (per_channel,
+    reduce_range)): one run per weight granularity (onnxruntime takes it per run), a node whose
+    reduce_range differs from the run's through ``TensorQuantOverrides`` on its weight."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    nodes = {n.name: n for n in proto.graph.node}
+    model = proto
+    for pc in sorted({pc for pc, _ in formats.values()}, reverse=True):
+        names = [n for n, (p, _) in formats.items() if p == pc]
+        overrides = {}
+        for n in names:
+            rr = formats[n][1]
+            node = nodes.get(n)
+            if rr != reduce_range and node is not None and node.op_type == "MatMul" and node.input[1] in inits:
+                overrides[node.input[1]] = [{"axis": 1, "reduce_range": rr} if pc else {"reduce_range": rr}]
+        with tempfile.TemporaryDirectory(prefix="effstudio-q-") as tmp:
+            out = Path(tmp) / "q.onnx"
+            big = model.ByteSize() > (1 << 30)
+            try:
+                with U.quiet():
+                    quantize_dynamic(model, out, weight_type=QuantType.QInt8, per_channel=pc,
+                                     reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Gather"],
+                                     nodes_to_quantize=names, use_external_data_format=big,
+                                     extra_options={"MatMulConstBOnly": True, "TensorQuantOverrides": overrides})
+            except Exception as e:  # onnxruntime raises assorted errors on graphs it cannot handle
+                raise CompressError(f"onnxruntime quantize_dynamic failed: {type(e).__name__}: {e}") from e
+            model = onnx.load(str(out))
+    return model
+
+
+def _layerwise(loaded: LoadedModel, proto, config: Int8DynamicConfig, targets: list[str],
+               default: tuple[bool, bool], back: dict[str, str], progress: Progress):
+    """Smoothing and per-input weight formats chosen on calibration data (``_smoothing``): (smoothed
+    proto, node -> (per_channel, reduce_range), notes, extra, layers whose constants took the scale)."""
+    from effstudio.core.compress.techniques import _smoothing as S
+
+    progress.update(0.0, "running the calibration inputs")
+    feeds, info = calibration_feeds(loaded, config.calibration, config.samples)
+    matmul_nodes = {n.name for n in proto.graph.node if n.op_type == "MatMul"}
+    matmuls = [t for t in targets if t in matmul_nodes]
+    pcs = [True, False] if config.per_channel == "auto" else [default[0]]
+    rrs = [False, True] if config.reduce_range == "auto" else [default[1]]
+    sm = config.smooth
+    saturate = not U.cpu_has_vnni()
+    opts = S.Options(alphas=S.ALPHAS if sm == "auto" else (() if sm is None else (float(sm),)),
+                     formats=[(p, r) for p in pcs for r in rrs], allow_mul=config.smooth_mul,
+                     tolerance=float(config.tolerance), saturate=saturate,
+                     only_smoothed=sm is not None and sm != "auto")
+    smoothed, choices = S.layerwise(proto, matmuls, feeds, opts, (True, False), progress.sub(0.05, 1.0))
+    formats = {n: (c.per_channel, c.reduce_range) for c in choices for n in c.group.nodes}
+
+    def name(node: str) -> str:  # the parent's layer name of a result node (a Gemm became <gemm>_MatMul)
+        return back.get(node, node)
+
+    notes = [f"chosen per input ({len(choices)} group(s) of MatMuls reading one activation) by the error of "
+             "onnxruntime's int8 product emulated on the calibration activations"
+             + (" (this CPU has no VNNI: the u8×s8 pair saturation of its kernels is part of the emulation)"
+                if saturate else ""), info.note()]
+    done = [c for c in choices if c.alpha is not None]
+    if sm is not None:
+        folded = sum(1 for c in done if c.how != "Mul inserted")
+        alphas = sorted({c.alpha for c in done})
+        notes.append(f"SmoothQuant smoothing on {len(done)} of {len(choices)} input(s) (alpha "
+                     f"{', '.join(f'{a:g}' for a in alphas) or '-'}): {folded} folded into the op that makes the "
+                     f"activation (LayerNorm scale/bias, a constant factor, a MatMul's columns), "
+                     f"{len(done) - folded} through an inserted Mul (one elementwise op per call each)"
+                     + ("" if config.smooth_mul else "; inputs that cannot be folded are left unsmoothed"))
+    if len(opts.formats) > 1:
+        n_pc = sum(1 for c in choices if c.per_channel)
+        n_rr = sum(1 for c in choices if c.reduce_range)
+        notes.append(f"weights: {n_pc} input(s) per-channel, {len(choices) - n_pc} per-tensor; {n_rr} with 7-bit range")
+    if choices:
+        err = float(np.mean([c.error for c in choices]))
+        base = float(np.mean([c.error_default for c in choices]))
+        notes.append(f"emulated relative error of the MatMul outputs, mean over inputs: {err:.4f} (per-channel 8-bit "
+                     f"weights without smoothing: {base:.4f})")
+    extra = {"layerwise": [{"layers": [name(n) for n in c.group.nodes], "input": c.group.tensor, "alpha": c.alpha,
+                            "per_channel": c.per_channel, "reduce_range": c.reduce_range,
+                            "error": round(c.error, 6), "error_unsmoothed": round(c.error_plain, 6),
+                            "error_per_channel_8bit": round(c.error_default, 6), "how": c.how} for c in choices],
+             "calibration": {"source": info.source, "samples": info.samples, "poor": info.poor}}
+    coupled = [name(n) for c in choices for n in c.folded if name(n) in loaded.graph]
+    return smoothed, formats, notes, extra, list(dict.fromkeys(coupled))
 
 
 def _verify_onnx(loaded: LoadedModel, result, selection: list[str]
