@@ -23,7 +23,7 @@ import numpy as np
 
 from effstudio.core.compress.base import CompressError, Expectation, StepResult, Technique, TechniqueConfig
 from effstudio.core.compress.registry import register
-from effstudio.core.compress.techniques.prune_unstructured import prunable_weight
+from effstudio.core.compress.techniques.prune_unstructured import prunable_weight, weight_refusal
 from effstudio.core.graph import Layer
 from effstudio.core.model import LoadedModel
 from effstudio.core.progress import Progress
@@ -134,13 +134,7 @@ class KMeansCluster(Technique):
     backends = frozenset({"onnx", "torch"})
 
     def applies_to(self, layer: Layer, loaded: LoadedModel, config: TechniqueConfig) -> str | None:
-        w = prunable_weight(layer, loaded)
-        if w is None:
-            kinds = "Conv/Gemm/MatMul" if loaded.backend == "onnx" else "conv/linear/matmul"
-            return f"a {layer.op_type} has no {kinds} float weight to cluster"
-        if w.shared:
-            return f"its weight {w.name!r} is shared with another layer"
-        return None
+        return weight_refusal(layer, loaded, "cluster")
 
     def expectation(self, loaded: LoadedModel, config: TechniqueConfig) -> Expectation:
         return Expectation("smaller-only", f"Smaller as a palette or after zip only. {DENSE_SENTENCE}")

@@ -66,6 +66,17 @@ def prunable_weight(layer: Layer, loaded: LoadedModel) -> Weight | None:
     return None
 
 
+def weight_refusal(layer: Layer, loaded: LoadedModel, verb: str) -> str | None:
+    """Why ``verb`` (e.g. "prune") cannot act on ``layer``'s weight, or None when it can."""
+    w = prunable_weight(layer, loaded)
+    if w is None:
+        kinds = "Conv/Gemm/MatMul" if loaded.backend == "onnx" else "conv/linear/matmul"
+        return f"a {layer.op_type} has no {kinds} float weight to {verb}"
+    if w.shared:
+        return f"its weight {w.name!r} is shared with another layer"
+    return None
+
+
 def _onnx_node_inputs(loaded: LoadedModel, name: str) -> list[str]:
     for n in loaded.onnx_model.graph.node:
         if n.name == name:
@@ -100,13 +111,7 @@ class UnstructuredPrune(Technique):
     backends = frozenset({"onnx", "torch"})
 
     def applies_to(self, layer: Layer, loaded: LoadedModel, config: TechniqueConfig) -> str | None:
-        w = prunable_weight(layer, loaded)
-        if w is None:
-            kinds = "Conv/Gemm/MatMul" if loaded.backend == "onnx" else "conv/linear"
-            return f"a {layer.op_type} has no {kinds} weight to prune"
-        if w.shared:
-            return f"its weight {w.name!r} is shared with another layer"
-        return None
+        return weight_refusal(layer, loaded, "prune")
 
     def expectation(self, loaded: LoadedModel, config: TechniqueConfig) -> Expectation:
         return Expectation("smaller-only", f"Smaller after zip only. {DENSE_SENTENCE}")
