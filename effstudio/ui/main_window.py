@@ -42,6 +42,7 @@ from effstudio.core.metrics.table import METRICS, MetricsTable
 from effstudio.ui import theme
 from effstudio.ui.actions import build_menus, update_enablement
 from effstudio.ui.icons import icon
+from effstudio.ui.paint_pacer import PaintPacer
 from effstudio.ui.panels.layer_chart import LayerChartPanel
 from effstudio.ui.panels.layer_table import LayerTablePanel
 from effstudio.ui.panels.module_tree import ModuleTreePanel
@@ -54,6 +55,8 @@ from effstudio.ui.settings import Settings
 OPEN_FILTER = "Models (*.onnx *.pt2 *.pt *.ts);;ONNX (*.onnx);;PyTorch (*.pt2 *.pt *.ts);;All files (*)"
 MODEL_SUFFIXES = (".onnx", ".pt2", ".pt", ".ts", ".pth")
 TRUST_BUTTON = "Trust and open"
+STAGGER_MIN_LAYERS = 200  # from this many layers on, new numbers reach the panels one per turn
+MODEL_HOLD_MS = 300  # longest a new graph's docks wait for its numbers and its drawing before they paint
 
 
 def _graph_view_class():
@@ -103,6 +106,9 @@ class MainWindow(QMainWindow):
         self.properties_dock = self._dock("Properties", "dock_properties", self.properties,
                                           Qt.DockWidgetArea.LeftDockWidgetArea if self.tree_dock is not None
                                           else Qt.DockWidgetArea.RightDockWidgetArea)
+        # a new model or new numbers: the docks paint one per turn after the graph (see paint_pacer)
+        self._pacer = PaintPacer([self.table, self.chart, self.module_tree, self.properties], self)
+        self._metrics_job = self._metrics_job_done = 0  # see _on_metrics_changed
         self.status = StatusPanel(self)
         self.statusBar().addPermanentWidget(self.status, 1)
         self.statusBar().setSizeGripEnabled(True)
@@ -309,6 +315,8 @@ class MainWindow(QMainWindow):
 
     # --- model -> views ---------------------------------------------------------------------
     def _on_model_changed(self, graph: LayerGraph | None) -> None:
+        self._pacer.hold(MODEL_HOLD_MS)
+        self._metrics_job += 1  # numbers still being handed out belong to the model before
         keep = [n for n in self.selection.names if graph is not None and n in graph]
         self.selection.set(keep, source=None)
         for panel in (self.table, self.chart, self.properties, self.module_tree):
@@ -318,18 +326,51 @@ class MainWindow(QMainWindow):
         self._update_enablement()
 
     def _on_metrics_changed(self, metrics: MetricsTable) -> None:
-        for panel in (self.table, self.properties, self.module_tree):  # the chart: in _apply_metric
-            panel.set_metrics(metrics)
-        self.status.set_model(self.session.graph, metrics)
-        self._apply_metric()
-        self._on_graph_drawn()
+        """New numbers: the graph's colors first, then the table, the chart, the rest.  A big
+        graph's panels take them one per turn of the event loop (each is 5-10 ms of Python on
+        BERT-base; together one long stop), and paint once the graph has (see paint_pacer)."""
+        self._pacer.hold(MODEL_HOLD_MS)  # released in _on_graph_drawn (or after MODEL_HOLD_MS)
+        self._metrics_job += 1
+        job = self._metrics_job
+        log = self.actions_by_id["log_scale"].isChecked()
+        steps = [lambda: (self.status.set_model(self.session.graph, metrics), self._color_graph(metrics, log)),
+                 lambda: self.table.set_metrics(metrics),
+                 lambda: self.table.sort_by(self.current_metric, descending=True),
+                 lambda: self.chart.set_view(self.current_metric, log, metrics),
+                 lambda: (self.properties.set_metrics(metrics), self.module_tree.set_metrics(metrics))]
+        graph = self.session.graph
+        one_by_one = graph is not None and len(graph.layers) >= STAGGER_MIN_LAYERS
+
+        def run(i: int) -> None:
+            if job != self._metrics_job:
+                return  # newer numbers or another model: their own steps
+            while i < len(steps):
+                steps[i]()
+                i += 1
+                if i == 1:
+                    self._on_graph_drawn()  # a waiting load goes on once the graph is colored
+                if one_by_one and i < len(steps):
+                    QTimer.singleShot(1, lambda i=i: run(i))  # a timer: due timers and input go first
+                    return
+            self._metrics_job_done = job
+            self._on_graph_drawn()
+
+        run(0)
+
+    def _color_graph(self, metrics: MetricsTable, log: bool) -> None:
+        if self.graph_view is not None:
+            info = METRICS[self.current_metric]
+            self.graph_view.set_metric(dict(metrics.column(self.current_metric)), info.label, info.unit, log=log)
 
     def _on_graph_drawn(self) -> None:
-        """Tell a waiting load that its graph is on screen, laid out and colored."""
+        """Tell a waiting load that its graph is on screen, laid out and colored; once the panels
+        have their numbers too, they paint (one per turn)."""
         view = self.graph_view
         if view is not None and view.graph() is self.session.graph and view.layout_ready \
                 and self.session.metrics.values:
             self.session.graph_drawn()
+        if self._metrics_job_done == self._metrics_job and (view is None or not view.is_busy()):
+            self._pacer.release_soon()
 
     def set_metric(self, key: str) -> None:
         """Color, sort and chart by metric ``key`` (a :data:`METRICS` key)."""

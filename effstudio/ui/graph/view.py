@@ -600,7 +600,7 @@ class GraphView(QWidget):
                 t = memo[id(f)] = text_color(f if f is not None else UNKNOWN_FILL)
             texts.append(t)
         st.texts = texts
-        self.canvas._elided.clear()
+        # the elided box labels stay: they depend on the layout and fonts, not on the colors
         self.canvas.update()
         self._place_overlays()
         if refresh_minimap:

@@ -21,7 +21,8 @@ NAME_ROLE = Qt.ItemDataRole.UserRole + 1  # layer name (leaves)
 SCOPE_ROLE = Qt.ItemDataRole.UserRole + 2  # scope path (scope nodes)
 HEADERS = ("Module / layer", "Op", "Params", "MACs")
 BUILD_CHUNK = 25  # layers whose rows are made (or numbers written) per step
-SLICE_S = 0.005  # steps run per turn of the event loop until this much time is spent
+SLICE_S = 0.002  # steps run per turn of the event loop until this much time is spent (timers due
+# together run in one pass: a longer slice joins the new numbers and paints of the same turns)
 
 
 class ModuleTreePanel(QWidget):
@@ -82,8 +83,8 @@ class ModuleTreePanel(QWidget):
         return self._building or self._filling
 
     def _in_chunks(self, steps: list, then) -> None:
-        """Run ``steps`` in slices of about :data:`SLICE_S` per turn of the event loop (the first
-        at once), then ``then``; a newer job (another graph or numbers) stops this one."""
+        """Run ``steps`` in slices of about :data:`SLICE_S` per turn of the event loop (a single
+        step at once), then ``then``; a newer job (another graph or numbers) stops this one."""
         self._job += 1
         job = self._job
 
@@ -100,7 +101,10 @@ class ModuleTreePanel(QWidget):
                     return
             then()
 
-        run(0)
+        if len(steps) > 1:  # a big graph: its first rows in a turn of their own too, not in the caller's
+            QTimer.singleShot(1, lambda: run(0))
+        else:
+            run(0)
 
     def _rebuild(self) -> None:
         """Fill a new item model, then show it.
