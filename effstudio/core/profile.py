@@ -63,8 +63,9 @@ def profile_json(loaded: LoadedModel, static_table: MetricsTable,
     """``LayerGraph.to_json()`` plus, per layer, ``macs``, ``flops``, ``activation_bytes``,
     ``latency_ms`` and ``latency_share`` (of the summed per-layer times; null = unknown), and
     in ``totals`` the static totals, ``latency_ms`` {median, p10, p90, cv, runs} and
-    ``latency_sum_ratio``; at the top ``uncounted_ops``, ``latency`` (the full measurement: fused
-    kernels, runtime-only time, method) and ``environment``."""
+    ``latency_sum_ratio`` (``latency_sum_ratio_raw``: before the measured instrumentation cost
+    ``latency.overhead_ms`` was taken out; null where none was); at the top ``uncounted_ops``,
+    ``latency`` (the full measurement: fused kernels, runtime-only time, method) and ``environment``."""
     out = loaded.graph.to_json()
     per_layer = latency.per_layer_ms if latency is not None else {}
     layer_sum = sum(per_layer.values())
@@ -81,6 +82,7 @@ def profile_json(loaded: LoadedModel, static_table: MetricsTable,
     if latency is not None:
         totals["latency_ms"] = dict(latency.e2e_ms)
         totals["latency_sum_ratio"] = latency.latency_sum_ratio
+        totals["latency_sum_ratio_raw"] = latency.latency_sum_ratio_raw  # before overhead_ms was taken out
         totals["latency_runtime_ms"] = per_layer.get(RUNTIME_KEY, 0.0)
         lat = latency.to_json()
         out["environment"] = lat.pop("environment")

@@ -19,7 +19,11 @@ class LatencyResult:
     e2e_ms: dict[str, float]  # {"median", "p10", "p90", "cv", "runs"}
     per_layer_ms: dict[str, float] = field(default_factory=dict)  # layer -> median ms; may hold RUNTIME_KEY
     fused: dict[str, list[str]] = field(default_factory=dict)  # runtime node/kernel -> layers it covers
-    latency_sum_ratio: float | None = None  # sum(per_layer_ms) / e2e median; None without per-layer times
+    # sum(per_layer_ms) / e2e median (onnxruntime: of the plain runs alternating with the profiled
+    # ones, with 1 thread their CPU time: see method); None without per-layer times
+    latency_sum_ratio: float | None = None
+    latency_sum_ratio_raw: float | None = None  # the same before overhead_ms was taken out (onnxruntime)
+    sum_ratio_e2e_ms: float | None = None  # the end-to-end median the two ratios divide by
     environment: dict[str, Any] = field(default_factory=dict)
     eliminated: list[str] = field(default_factory=list)  # layers the runtime removed (folded): 0 ms
     runtime_nodes: dict[str, float] = field(default_factory=dict)  # what makes up per_layer_ms[RUNTIME_KEY]

@@ -337,6 +337,7 @@ def _per_layer(loaded: LoadedModel, module, kwargs, times: Sequence[float], hook
             how += "; a module's time shared among its ops by their node-by-node times"
     e2e_median = result.e2e_ms["median"]
     result.latency_sum_ratio = sum(result.per_layer_ms.values()) / e2e_median if e2e_median > 0 else None
+    result.sum_ratio_e2e_ms = e2e_median
     result.method += f"; per layer: {how}, sum/e2e = {result.latency_sum_ratio:.2f}"
 
 
