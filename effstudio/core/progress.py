@@ -58,7 +58,10 @@ class Progress:
 
 class _SubProgress(Progress):
     def __init__(self, parent: Progress, start: float, end: float) -> None:
-        super().__init__()
+        # not Progress.__init__: its Event would be replaced by the parent's at once
+        self._callback = None
+        self.fraction = 0.0
+        self.message = ""
         self._parent = parent
         self._start = start
         self._end = end

@@ -18,9 +18,9 @@ from __future__ import annotations
 import heapq
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import onnx
 from onnx import numpy_helper
@@ -51,6 +51,9 @@ class BuildContext:
     total_nodes: int = 1
     done_nodes: int = 0
     renamed: int = 0  # nodes whose name in the held ModelProto was changed (empty or duplicate)
+    # counts the nodes (``total_nodes``) when the first progress report needs it: a small model
+    # (under 200 nodes) never walks its graph for that
+    count_total: Callable[[], int] | None = None
 
     def unique(self, name: str) -> str:
         if name not in self.used_names:
@@ -64,13 +67,21 @@ class BuildContext:
 
     def tick(self) -> None:
         self.done_nodes += 1
-        if self.progress is not None and self.done_nodes % 200 == 0:
-            self.progress.update(self.done_nodes / self.total_nodes,
-                                 f"building layers ({self.done_nodes}/{self.total_nodes} nodes)")
+        if self.done_nodes % 200 == 0:
+            self.report()
+
+    def report(self) -> None:
+        """The progress update every 200th node (``tick``; the build loop counts inline)."""
+        if self.progress is None:
+            return
+        if self.count_total is not None:
+            self.total_nodes = max(1, self.count_total())
+            self.count_total = None
+        self.progress.update(self.done_nodes / self.total_nodes,
+                             f"building layers ({self.done_nodes}/{self.total_nodes} nodes)")
 
 
-@dataclass(frozen=True)
-class _WeightInfo:
+class _WeightInfo(NamedTuple):  # (a tuple: built once per initializer, cheaper than a dataclass)
     shape: tuple[int, ...]
     dtype: str
 
@@ -162,15 +173,20 @@ def attribute_value(a: onnx.AttributeProto) -> Any:
 
 
 # --- structure ---------------------------------------------------------------------------
-def _subgraphs(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
+def _graph_attrs(attrs: Iterable[onnx.AttributeProto]) -> list[tuple[str, onnx.GraphProto]]:
+    """The graph-valued attributes among ``attrs``: (name, graph), ``name[i]`` for a list."""
     out = []
-    for a in node.attribute:
+    for a in attrs:
         t = a.type
         if t == _GRAPH:
             out.append((a.name, a.g))
         elif t == _GRAPHS:
             out.extend((f"{a.name}[{i}]", g) for i, g in enumerate(a.graphs))
     return out
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
+    return _graph_attrs(node.attribute)
 
 
 def outer_references(g: onnx.GraphProto) -> list[str]:
@@ -203,9 +219,18 @@ def _topo_order(nodes: list[onnx.NodeProto], outs: list[list[str]], reads: list[
     for i, os_ in enumerate(outs):
         for o in os_:
             producer[o] = i
+    get = producer.get
+    for i, rs in enumerate(reads):  # already sorted (the common case): no read made by a later node
+        for r in rs:
+            p = get(r)
+            if p is not None and p > i:
+                break
+        else:
+            continue
+        break
+    else:
+        return list(range(len(nodes)))
     deps = [{producer[r] for r in rs if r in producer and producer[r] != i} for i, rs in enumerate(reads)]
-    if all(d < i for i, ds in enumerate(deps) for d in ds):
-        return list(range(len(nodes)))  # already sorted (the common case)
     users: list[list[int]] = [[] for _ in nodes]
     indeg = [len(ds) for ds in deps]
     for i, ds in enumerate(deps):
@@ -239,38 +264,56 @@ def build_graph(g: onnx.GraphProto, *, infos: dict[str, TensorInfo], outer_weigh
                 outer_values: set[str], ctx: BuildContext,
                 inputs: list[TensorInfo] | None = None) -> LayerGraph:
     """One (sub)graph as a LayerGraph.  ``outer_*`` are the weights and values visible from
-    enclosing graphs; ``inputs`` overrides the graph's declared inputs (the top graph's)."""
+    enclosing graphs; ``inputs`` overrides the graph's declared inputs (the top graph's).
+
+    Every proto field is read once per node (each read builds new Python objects, the bulk of
+    the cost on a small model): one pass collects them, the next builds the layers."""
+    from_onnx = dtypes.from_onnx
     weights: dict[str, _WeightInfo] = dict(outer_weights)
+    init_names: set[str] = set()
     for t in g.initializer:
-        weights[t.name] = _tensor_weight(t)
+        name = t.name
+        init_names.add(name)
+        weights[name] = _WeightInfo(tuple(t.dims), from_onnx(t.data_type))  # dims are Python ints already
     for sp in g.sparse_initializer:
-        weights[sp.values.name] = _WeightInfo(tuple(int(d) for d in sp.dims),
-                                              dtypes.from_onnx(sp.values.data_type))
+        weights[sp.values.name] = _WeightInfo(tuple(int(d) for d in sp.dims), from_onnx(sp.values.data_type))
     graph_output_names = {vi.name for vi in g.output}
+    # per kept node: the node, its op_type, non-empty outputs, reads (explicit inputs, then what
+    # its subgraphs read from outside), attributes and graph attributes
     nodes: list[onnx.NodeProto] = []
+    ops: list[str] = []
+    outs: list[list[str]] = []
+    attr_lists: list[list[onnx.AttributeProto]] = []
+    subs: list[list[tuple[str, onnx.GraphProto]]] = []
     for node in g.node:
-        if _is_constant(node) and node.output[0] not in graph_output_names:
+        op_type = node.op_type
+        if op_type == "Constant" and _is_constant(node) and node.output[0] not in graph_output_names:
             info = _constant_weight(node)
             if info is not None:
                 weights[node.output[0]] = info
                 ctx.tick()
                 continue
         nodes.append(node)
+        ops.append(op_type)
+        os_ = list(node.output)  # (one C-level copy, then filtered only if needed: cheaper than a comprehension)
+        outs.append([o for o in os_ if o] if "" in os_ else os_)
+        attrs = list(node.attribute) if node.attribute else []
+        attr_lists.append(attrs)
+        subs.append(_graph_attrs(attrs) if attrs else [])
 
-    init_names = {t.name for t in g.initializer}
     if inputs is None:
         inputs = [infos.get(vi.name) or TensorInfo(vi.name) for vi in g.input if vi.name not in init_names]
-    # each node's fields read once (every read of a proto field builds new Python objects)
-    outs = [[o for o in n.output if o] for n in nodes]
-    subs = [_subgraphs(n) if n.attribute else [] for n in nodes]
-    values = set(outer_values) | {t.name for t in inputs}
+    values = set(outer_values)
+    values.update(t.name for t in inputs)
     for os_ in outs:
         values.update(os_)
 
     reads: list[list[str]] = []
     n_explicit: list[int] = []
     for node, node_subs in zip(nodes, subs, strict=True):
-        rs = [i for i in node.input if i]
+        rs = list(node.input)
+        if "" in rs:  # omitted optional inputs
+            rs = [i for i in rs if i]
         n_explicit.append(len(rs))
         for _, sub in node_subs:
             rs.extend(outer_references(sub))
@@ -282,37 +325,61 @@ def build_graph(g: onnx.GraphProto, *, infos: dict[str, TensorInfo], outer_weigh
 
     layers: list[Layer] = []
     scope_cache: dict[str, str] = {}
+    used = ctx.used_names
+    simple_attrs = _SIMPLE_ATTRS
     for idx in _topo_order(nodes, outs, reads):
         node = nodes[idx]
-        node_name, op_type, domain = node.name, node.op_type, node.domain
-        name = ctx.unique(node_name or f"{op_type}_{idx}")
+        op_type = ops[idx]
+        node_name, domain = node.name, node.domain
+        name = node_name or f"{op_type}_{idx}"
+        if name in used:
+            name = ctx.unique(name)
+        else:
+            used.add(name)
         if node_name != name:
             node.name = name  # keep the held ModelProto's names equal to the layer names
             ctx.renamed += 1
-        lay = Layer(name=name, op_type=op_type, scope=node_scope(node, scope_cache), domain=domain,
-                    outputs=outs[idx])
-        if _is_constant(node):  # a Constant kept because its value is a graph output
+        lay_weights: list[Weight] = []
+        lay_inputs: list[str] = []
+        if op_type == "Constant" and _is_constant(node):  # a Constant kept because its value is a graph output
             info = _constant_weight(node)
             if info is not None:
-                lay.weights.append(Weight(node.output[0], info.shape, info.dtype))
-        seen_w: set[str] = set()
-        seen_in: set[str] = set()
+                lay_weights.append(Weight(node.output[0], info.shape, info.dtype))
+        rs = reads[idx]
         explicit = n_explicit[idx]
-        for pos, r in enumerate(reads[idx]):
-            if r in weights:
-                # a weight a subgraph reads belongs to the subgraph's layer, not to this one
-                if pos < explicit and r not in seen_w:
-                    seen_w.add(r)
-                    w = weights[r]
-                    lay.weights.append(Weight(r, w.shape, w.dtype))
-            elif pos < explicit or r not in seen_in:  # explicit inputs keep repeats (Add(x, x))
-                lay.inputs.append(r)
-            seen_in.add(r)
-        attrs = node.attribute
-        lay.attributes = {a.name: attribute_value(a) for a in attrs} if attrs else {}
+        if explicit == len(rs):  # no subgraph reads (the common case): every read is explicit
+            seen_w: list[str] = []  # (a few names: a list is the cheaper membership test)
+            for r in rs:
+                w = weights.get(r)
+                if w is None:
+                    lay_inputs.append(r)  # explicit inputs keep repeats (Add(x, x))
+                elif r not in seen_w:
+                    seen_w.append(r)
+                    lay_weights.append(Weight(r, w.shape, w.dtype))
+        else:
+            seen_ws: set[str] = set()
+            seen_in: set[str] = set()
+            for pos, r in enumerate(rs):
+                if r in weights:
+                    # a weight a subgraph reads belongs to the subgraph's layer, not to this one
+                    if pos < explicit and r not in seen_ws:
+                        seen_ws.add(r)
+                        w = weights[r]
+                        lay_weights.append(Weight(r, w.shape, w.dtype))
+                elif pos < explicit or r not in seen_in:  # explicit inputs keep repeats (Add(x, x))
+                    lay_inputs.append(r)
+                seen_in.add(r)
+        attributes: dict[str, Any] = {}
+        for a in attr_lists[idx]:
+            f = simple_attrs.get(a.type)
+            attributes[a.name] = f(a) if f is not None else attribute_value(a)
+        lay = Layer(name=name, op_type=op_type, scope=node_scope(node, scope_cache), domain=domain,
+                    inputs=lay_inputs, outputs=outs[idx], attributes=attributes, weights=lay_weights)
         if domain not in KNOWN_DOMAINS:
             lay.flags.append(FLAG_LOCAL_FUNCTION if (domain, op_type) in ctx.functions else FLAG_CUSTOM_DOMAIN)
-        ctx.tick()
+        ctx.done_nodes += 1  # ctx.tick(), inline
+        if ctx.done_nodes % 200 == 0:
+            ctx.report()
         for attr_name, sub in subs[idx]:
             lay.subgraphs[attr_name] = build_graph(sub, infos=infos, outer_weights=weights,
                                                    outer_values=values, ctx=ctx)
@@ -320,11 +387,14 @@ def build_graph(g: onnx.GraphProto, *, infos: dict[str, TensorInfo], outer_weigh
 
     out = LayerGraph(layers=layers, inputs=list(inputs),
                      outputs=[infos.get(vi.name) or TensorInfo(vi.name) for vi in g.output])
+    tensors = out.tensors
+    get = infos.get
     for name in _activation_names(out):
-        info = infos.get(name)
-        out.tensors[name] = TensorInfo(name, info.shape, info.dtype) if info else TensorInfo(name)
+        if name not in tensors:  # (a name met again would get an equal entry in the same place)
+            info = get(name)
+            tensors[name] = TensorInfo(name, info.shape, info.dtype) if info else TensorInfo(name)
     for t in out.inputs:
-        out.tensors[t.name] = t
+        tensors[t.name] = t
     return out
 
 

@@ -119,8 +119,8 @@ def load_onnx(path: Path, *, inputs: dict[str, InputSpec], progress: Progress,
 
     progress.update(0.35, "building layers")
     ctx = onnx_graph.BuildContext(functions=frozenset((f.domain, f.name) for f in model.functions),
-                          progress=progress.sub(0.35, 0.5),
-                          total_nodes=max(1, onnx_graph.count_nodes(model.graph)))
+                                  progress=progress.sub(0.35, 0.5),
+                                  count_total=functools.partial(onnx_graph.count_nodes, model.graph))
     try:
         graph = onnx_graph.build_graph(model.graph, infos=infos, outer_weights={}, outer_values=set(),
                                        ctx=ctx, inputs=resolved)

@@ -64,8 +64,11 @@ def needs_run(g: onnx.GraphProto, infos: dict[str, TensorInfo]) -> bool:
         for o in node.output:
             if o:
                 t = get(o)
-                if t is None or t.shape is None or not all(isinstance(d, int) for d in t.shape):
+                if t is None or t.shape is None:
                     return True
+                for d in t.shape:  # (a loop costs less than all() on a generator, per output)
+                    if not isinstance(d, int):
+                        return True
         if node.attribute:  # (testing a repeated field costs less than iterating an empty one)
             for sub in _subgraphs(node):
                 if needs_run(sub, infos):

@@ -85,16 +85,17 @@ def node_scope(node: onnx.NodeProto, cache: dict[str, str] | None = None) -> str
     """The dotted module path of ``node`` ("" at the top level or when nothing records it).
     ``cache``: a dict kept across the nodes of one model (the scopes many nodes share)."""
     namespace = None
-    for prop in node.metadata_props:
-        key = prop.key
-        if key == NAME_SCOPES_KEY:
-            scope = _from_name_scopes(prop.value, cache)
+    if node.metadata_props:  # (testing a repeated field costs less than iterating an empty one)
+        for prop in node.metadata_props:
+            key = prop.key
+            if key == NAME_SCOPES_KEY:
+                scope = _from_name_scopes(prop.value, cache)
+                if scope is not None:
+                    return scope
+            elif key == NAMESPACE_KEY:
+                namespace = prop  # its (long) value read only when no name_scopes entry answers
+        if namespace is not None:
+            scope = _from_namespace(namespace.value)
             if scope is not None:
                 return scope
-        elif key == NAMESPACE_KEY:
-            namespace = prop.value
-    if namespace is not None:
-        scope = _from_namespace(namespace)
-        if scope is not None:
-            return scope
     return _from_node_name(node.name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -70,25 +71,35 @@ _TENSOR_TYPE = "tensor_type"
 
 
 def value_info(vi: onnx.ValueInfoProto) -> TensorInfo:
+    return _value_info(vi, vi.name)
+
+
+def _value_info(vi: onnx.ValueInfoProto, name: str) -> TensorInfo:
     tp = vi.type
     if tp.WhichOneof("value") != _TENSOR_TYPE:
-        return TensorInfo(vi.name, type_shape(tp), type_dtype(tp))
+        return TensorInfo(name, type_shape(tp), type_dtype(tp))
     # the common case, what type_shape and type_dtype give, with each field read once
     tt = tp.tensor_type
     elem = tt.elem_type
-    dtype = dtypes.from_onnx(elem) if elem else None
+    dtype = (_DTYPE_NAMES.get(elem) or dtypes.from_onnx(elem)) if elem else None
     if not tt.HasField("shape"):
-        return TensorInfo(vi.name, None, dtype)
+        return TensorInfo(name, None, dtype)
+    dims = tt.shape.dim
+    values = [d.dim_value for d in dims]
+    if not values or min(values) > 0:  # every dim static (only a set dim_value is nonzero): the usual case
+        return TensorInfo(name, tuple(values), dtype)
     out: list[Dim] = []
-    for d in tt.shape.dim:
-        v = d.dim_value
-        if v > 0:  # only a set dim_value is nonzero: one read for the usual dim
+    for d, v in zip(dims, values, strict=True):
+        if v > 0:
             out.append(v)
         elif v < 0:
             out.append("?")  # -1: "dynamic", as some old exporters write
         else:
             out.append(d.dim_param or (0 if d.HasField("dim_value") else "?"))
-    return TensorInfo(vi.name, tuple(out), dtype)
+    return TensorInfo(name, tuple(out), dtype)
+
+
+_DTYPE_NAMES = {i: dtypes.from_onnx(i) for i in range(1, 32) if not dtypes.from_onnx(i).startswith("onnx_type_")}
 
 
 def tensor_nbytes(t: onnx.TensorProto) -> int:
@@ -155,8 +166,9 @@ def _typed(name: str, t: onnx.TensorProto) -> onnx.ValueInfoProto:
     tt = vi.type.tensor_type
     tt.elem_type = t.data_type
     tt.shape.SetInParent()  # a scalar has a shape, of rank 0
+    dims = tt.shape.dim
     for d in t.dims:
-        tt.shape.dim.add().dim_value = d
+        dims.add(dim_value=d)
     return vi
 
 
@@ -231,7 +243,7 @@ _GRAPHS = onnx.AttributeProto.GRAPHS
 
 
 def _light_graph(src: onnx.GraphProto, dst: onnx.GraphProto, hoisted: list[onnx.ValueInfoProto],
-                 symbols: dict[str, int]) -> None:
+                 symbols: dict[str, int] | None) -> None:
     """Copy ``src`` into ``dst`` without large tensor data.  Large initializers and large
     ``Constant`` values become typed values declared in ``hoisted`` (inputs of the top graph;
     subgraphs see the outer scope, so this is valid at any depth)."""
@@ -292,8 +304,30 @@ def _light_graph(src: onnx.GraphProto, dst: onnx.GraphProto, hoisted: list[onnx.
     dst.input.extend(src.input)
     dst.output.extend(src.output)
     dst.value_info.extend(src.value_info)
-    for vi in (*dst.input, *dst.output, *dst.value_info):
-        _substitute(vi, symbols)
+    if symbols is not None:  # None: the caller found that substituting changes nothing
+        for vi in (*dst.input, *dst.output, *dst.value_info):
+            _substitute(vi, symbols)
+
+
+# a negative int64 ``dim_value`` (field 1, varint) as protobuf writes it: tag 0x08, then ten
+# bytes, the last 0x01.  Bytes without it hold no negative dim (they may match elsewhere too).
+_NEGATIVE_DIM = re.compile(rb"\x08[\x80-\xff]{9}\x01")
+
+
+def _light_and_bytes(model: onnx.ModelProto, inputs: list[TensorInfo],
+                     symbols: dict[str, int]) -> tuple[onnx.ModelProto, bytes | None]:
+    """:func:`light_copy` and, when it was serialized on the way, its bytes.
+
+    Without ``symbols`` the substitution only clears negative dims (``_substitute``), which
+    most models have none of: the copy is made without it, serialized (inference needs the
+    bytes anyway) and made again with it only when the bytes show a negative dim."""
+    if symbols:
+        return light_copy(model, inputs, symbols), None
+    light = _light_copy(model, inputs, None)
+    data = light.SerializeToString()
+    if _NEGATIVE_DIM.search(data) is None:
+        return light, data
+    return light_copy(model, inputs, symbols), None
 
 
 def light_copy(model: onnx.ModelProto, inputs: list[TensorInfo], symbols: dict[str, int]) -> onnx.ModelProto:
@@ -304,6 +338,10 @@ def light_copy(model: onnx.ModelProto, inputs: list[TensorInfo], symbols: dict[s
     consistently, and their shapes survive where onnx's inference gives up (``Slice`` with a
     symbolic end, say).
     """
+    return _light_copy(model, inputs, symbols)
+
+
+def _light_copy(model: onnx.ModelProto, inputs: list[TensorInfo], symbols: dict[str, int] | None) -> onnx.ModelProto:
     light = onnx.ModelProto(ir_version=max(model.ir_version, 4), producer_name=model.producer_name)
     light.opset_import.extend(model.opset_import)
     light.functions.extend(model.functions)
@@ -335,8 +373,9 @@ def collect_infos(model: onnx.ModelProto, known: dict[str, TensorInfo] | None = 
     def visit(g: onnx.GraphProto) -> None:
         for vi in (*g.input, *g.value_info, *g.output):
             if vi.HasField("type"):
-                t = known.get(vi.name)
-                out[vi.name] = t if t is not None else value_info(vi)
+                name = vi.name
+                t = known.get(name) if known else None
+                out[name] = t if t is not None else _value_info(vi, name)
         for node in g.node:
             if node.attribute:
                 for a in node.attribute:
@@ -420,13 +459,13 @@ def infer_tensor_infos(model: onnx.ModelProto, inputs: list[TensorInfo], symbols
     ``onnx_run_shapes``; ``external_folder``: where weights not yet read into ``model`` lie).
     Returns the infos and, when inference failed, why (the declared ``value_info`` is used then).
     """
-    light = light_copy(model, inputs, symbols)
+    light, data = _light_and_bytes(model, inputs, symbols)
     found: dict[str, TensorInfo] = {}
     problem: str | None = None
     for data_prop in (True, False):
         try:
-            inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False,
-                                                         data_prop=data_prop)
+            inferred = onnx.shape_inference.infer_shapes(light if data is None else data, check_type=False,
+                                                         strict_mode=False, data_prop=data_prop)
         except Exception as e:  # onnx raises several kinds (InferenceError, RuntimeError, ...)
             problem = str(e).splitlines()[0] if str(e) else type(e).__name__
             continue

@@ -13,6 +13,7 @@ from collections import ChainMap
 from collections.abc import Callable
 from typing import Any
 
+from effstudio.core.dtypes import PARAM_DTYPES, nbytes
 from effstudio.core.graph import Layer, LayerGraph, TensorInfo
 from effstudio.core.metrics.counting import Count, Handler, OpView, Uncountable
 from effstudio.core.metrics.flops_onnx import onnx_handler
@@ -157,8 +158,21 @@ def compute_static(loaded: LoadedModel, progress: Progress | None = None, *,
     for i, lay in enumerate(graph.layers):
         if i % 200 == 0:
             progress.update(0.8 * i / n, "counting FLOPs and memory")
-        params[lay.name] = lay.params
-        wbytes[lay.name] = lay.weight_bytes
+        if lay.subgraphs:
+            params[lay.name] = lay.params
+            wbytes[lay.name] = lay.weight_bytes
+        else:  # Layer.params and .weight_bytes in one pass over the weights (each name once)
+            n_params = n_bytes = 0
+            seen: list[str] = []
+            for w in lay.weights:
+                if w.name not in seen:
+                    seen.append(w.name)
+                    if w.dtype in PARAM_DTYPES:
+                        k = w.numel
+                        n_params += k
+                        n_bytes += nbytes(w.dtype, k)
+            params[lay.name] = n_params
+            wbytes[lay.name] = n_bytes
         try:
             c = counter.count(lay, graph.tensors)
             macs[lay.name] = c.macs
