@@ -42,6 +42,7 @@ from effstudio.core.metrics.table import METRICS, MetricsTable
 from effstudio.ui import theme
 from effstudio.ui.actions import build_menus, update_enablement
 from effstudio.ui.icons import icon
+from effstudio.ui.metrics_fanout import STAGGER_MIN_LAYERS, StepFanout
 from effstudio.ui.paint_pacer import PaintPacer
 from effstudio.ui.panels.layer_chart import LayerChartPanel
 from effstudio.ui.panels.layer_table import LayerTablePanel
@@ -55,7 +56,6 @@ from effstudio.ui.settings import Settings
 OPEN_FILTER = "Models (*.onnx *.pt2 *.pt *.ts);;ONNX (*.onnx);;PyTorch (*.pt2 *.pt *.ts);;All files (*)"
 MODEL_SUFFIXES = (".onnx", ".pt2", ".pt", ".ts", ".pth")
 TRUST_BUTTON = "Trust and open"
-STAGGER_MIN_LAYERS = 200  # from this many layers on, new numbers reach the panels one per turn
 MODEL_HOLD_MS = 300  # longest a new graph's docks wait for its numbers and its drawing before they paint
 
 
@@ -108,9 +108,10 @@ class MainWindow(QMainWindow):
                                           else Qt.DockWidgetArea.RightDockWidgetArea)
         # a new model or new numbers: the docks paint one per turn after the graph (see paint_pacer)
         self._pacer = PaintPacer([self.table, self.chart, self.module_tree, self.properties], self)
-        self._metrics_job = self._metrics_job_done = 0  # see _on_metrics_changed
+        self._fanout = StepFanout(self)  # new numbers to the panels, one step per turn (see _on_metrics_changed)
         self.status = StatusPanel(self)
         self.statusBar().addPermanentWidget(self.status, 1)
+        self.statusBar().messageChanged.connect(self.status.show_message)  # drawn in the panel (see StatusPanel)
         self.statusBar().setSizeGripEnabled(True)
 
         # --- menus and toolbar ----------------------------------------------------------------
@@ -315,8 +316,9 @@ class MainWindow(QMainWindow):
 
     # --- model -> views ---------------------------------------------------------------------
     def _on_model_changed(self, graph: LayerGraph | None) -> None:
-        self._pacer.hold(MODEL_HOLD_MS)
-        self._metrics_job += 1  # numbers still being handed out belong to the model before
+        if self._is_big(graph):  # a small graph's docks paint at once (held, they would show blank a moment)
+            self._pacer.hold(MODEL_HOLD_MS)
+        self._fanout.cancel()  # numbers still being handed out belong to the model before
         keep = [n for n in self.selection.names if graph is not None and n in graph]
         self.selection.set(keep, source=None)
         for panel in (self.table, self.chart, self.properties, self.module_tree):
@@ -329,33 +331,22 @@ class MainWindow(QMainWindow):
         """New numbers: the graph's colors first, then the table, the chart, the rest.  A big
         graph's panels take them one per turn of the event loop (each is 5-10 ms of Python on
         BERT-base; together one long stop), and paint once the graph has (see paint_pacer)."""
-        self._pacer.hold(MODEL_HOLD_MS)  # released in _on_graph_drawn (or after MODEL_HOLD_MS)
-        self._metrics_job += 1
-        job = self._metrics_job
+        graph = self.session.graph
+        one_by_one = self._is_big(graph)
+        if one_by_one:
+            self._pacer.hold(MODEL_HOLD_MS)  # released in _on_graph_drawn (or after MODEL_HOLD_MS)
         log = self.actions_by_id["log_scale"].isChecked()
-        steps = [lambda: (self.status.set_model(self.session.graph, metrics), self._color_graph(metrics, log)),
+        steps = [lambda: (self.status.set_model(self.session.graph, metrics), self._color_graph(metrics, log),
+                          self._on_graph_drawn()),  # a waiting load goes on once the graph is colored
                  lambda: self.table.set_metrics(metrics),
                  lambda: self.table.sort_by(self.current_metric, descending=True),
                  lambda: self.chart.set_view(self.current_metric, log, metrics),
                  lambda: (self.properties.set_metrics(metrics), self.module_tree.set_metrics(metrics))]
-        graph = self.session.graph
-        one_by_one = graph is not None and len(graph.layers) >= STAGGER_MIN_LAYERS
+        self._fanout.run(steps, one_by_one=one_by_one, on_done=self._on_graph_drawn)
 
-        def run(i: int) -> None:
-            if job != self._metrics_job:
-                return  # newer numbers or another model: their own steps
-            while i < len(steps):
-                steps[i]()
-                i += 1
-                if i == 1:
-                    self._on_graph_drawn()  # a waiting load goes on once the graph is colored
-                if one_by_one and i < len(steps):
-                    QTimer.singleShot(1, lambda i=i: run(i))  # a timer: due timers and input go first
-                    return
-            self._metrics_job_done = job
-            self._on_graph_drawn()
-
-        run(0)
+    @staticmethod
+    def _is_big(graph: LayerGraph | None) -> bool:
+        return graph is not None and len(graph.layers) >= STAGGER_MIN_LAYERS
 
     def _color_graph(self, metrics: MetricsTable, log: bool) -> None:
         if self.graph_view is not None:
@@ -369,7 +360,7 @@ class MainWindow(QMainWindow):
         if view is not None and view.graph() is self.session.graph and view.layout_ready \
                 and self.session.metrics.values:
             self.session.graph_drawn()
-        if self._metrics_job_done == self._metrics_job and (view is None or not view.is_busy()):
+        if self._fanout.is_done() and (view is None or not view.is_busy()):
             self._pacer.release_soon()
 
     def set_metric(self, key: str) -> None:

@@ -30,23 +30,23 @@ def table(qtbot, graph, metrics):
 
 
 def test_one_call_per_cell_gives_what_data_gives_and_clears_the_rest(table) -> None:
-    proxy = table.proxy
+    model = table.model
     for role in PAINTED_ROLES:
         rd = QModelRoleData(int(role))
         span = QModelRoleDataSpan(rd)  # one span reused for every cell, as the view's delegate does
-        for row in range(proxy.rowCount()):
+        for row in range(model.rowCount()):
             for col in range(len(COLUMNS)):
-                index = proxy.index(row, col)
-                proxy.multiData(index, span)
+                index = model.index(row, col)
+                model.multiData(index, span)
                 assert span[0].data() == index.data(role), (row, COLUMNS[col].key, role)
     # text columns are not aligned like the numbers next to them
-    name = proxy.index(0, COLUMN_INDEX["name"])
-    params = proxy.index(0, COLUMN_INDEX["params"])
+    name = model.index(0, COLUMN_INDEX["name"])
+    params = model.index(0, COLUMN_INDEX["params"])
     rd = QModelRoleData(int(Qt.ItemDataRole.TextAlignmentRole))
     span = QModelRoleDataSpan(rd)
-    proxy.multiData(params, span)
+    model.multiData(params, span)
     assert span[0].data() is not None
-    proxy.multiData(name, span)
+    model.multiData(name, span)
     assert span[0].data() is None
 
 
@@ -90,13 +90,13 @@ def test_new_rows_and_a_new_order_paint_the_table_once(qtbot) -> None:
 
 def _shown(table: LayerTablePanel, key: str) -> dict[str, str]:
     """Layer name -> the text the view paints in column ``key`` (through multiData, as the delegate asks)."""
-    proxy = table.proxy
+    model = table.model
     rd = QModelRoleData(int(Qt.ItemDataRole.DisplayRole))
     span = QModelRoleDataSpan(rd)
     out = {}
-    for row in range(proxy.rowCount()):
-        proxy.multiData(proxy.index(row, COLUMN_INDEX[key]), span)
-        out[proxy.index(row, 0).data(NAME_ROLE)] = span[0].data()
+    for row in range(model.rowCount()):
+        model.multiData(model.index(row, COLUMN_INDEX[key]), span)
+        out[model.index(row, 0).data(NAME_ROLE)] = span[0].data()
     return out
 
 
@@ -119,5 +119,5 @@ def test_cached_cells_show_new_numbers_after_a_metric_update_and_a_resort(qtbot)
     # a new order moves each row's cached texts with it
     table.sort_by("macs", descending=True)
     assert _shown(table, "macs") == after
-    assert [table.proxy.index(r, COLUMN_INDEX["macs"]).data() for r in range(3)] == [
+    assert [table.model.index(r, COLUMN_INDEX["macs"]).data() for r in range(3)] == [
         numbers.by_unit(v, METRICS["macs"].unit) for v in sorted(new.values(), reverse=True)[:3]]

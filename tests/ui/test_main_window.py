@@ -107,6 +107,24 @@ def test_opens_a_model_with_one_row_per_layer_and_latency_filling_in(qtbot, wind
     assert status.progress.isHidden() and status.cancel_button.isHidden()
 
 
+def test_the_opened_message_sits_beside_the_totals_not_on_them(qtbot, window) -> None:
+    status = window.status
+    shown: list[str] = []  # what the panel shows after each message (it is connected first)
+    window.statusBar().messageChanged.connect(lambda _t: shown.append(status.message_label.text()))
+    open_and_wait(qtbot, window, SMALL)
+    assert "Opened small.onnx" in shown
+    window.statusBar().showMessage("a temporary message", 100)
+    assert status.message_label.text() == "a temporary message"
+    qtbot.waitUntil(lambda: status.message_label.geometry().width() > 0)
+    totals, latency, message = (w.geometry() for w in (status.totals_label, status.latency_label,
+                                                        status.message_label))
+    assert status.totals_label.isVisible() and message.left() > max(totals.right(), latency.right())
+    assert not message.intersects(status.progress.geometry())
+    # the bar draws its own copy left of its first permanent widget: the panel starts there, so no room
+    assert status.x() <= window.statusBar().contentsRect().left() + 12
+    qtbot.waitUntil(lambda: status.message_label.text() == "", timeout=2000)  # cleared with the bar's timeout
+
+
 def test_static_numbers_show_before_latency(qtbot, window, core) -> None:
     states: list[str] = []
     window.session.sig_latency_state.connect(lambda s, _d: states.append(s))

@@ -100,3 +100,25 @@ def test_a_big_graphs_numbers_reach_every_panel_and_every_dock_paints_again(qtbo
     assert w.graph_view.node_value(w.graph_view.visible_nodes()[0].id) is not None
     for panel in (w.table, w.chart, w.module_tree, w.properties):
         assert panel.updatesEnabled()
+
+
+def test_a_small_graphs_docks_are_never_held(qtbot) -> None:
+    # held docks would show blank until released; a small graph's paints are short enough at once
+    models = {"small.onnx": _big(20, "small.onnx")}
+
+    def open_fn(spec, *, trust=False, latency=True, progress, publish):
+        loaded, metrics = models[spec]
+        publish(pipeline.Opened(spec, loaded, metrics))
+
+    w = MainWindow(ModelSession(open_fn=open_fn))
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitExposed(w)
+    held = []
+    w.session.sig_model_changed.connect(lambda _g: held.append(w._pacer.is_holding()))
+    w.session.sig_metrics_changed.connect(lambda _m: held.append(w._pacer.is_holding()))
+    with qtbot.waitSignal(w.session.sig_opened, timeout=10_000):
+        w.open_spec("small.onnx")
+    qtbot.waitUntil(lambda: not w.session.is_busy(), timeout=10_000)
+    assert held and not any(held)
+    assert all(p.updatesEnabled() for p in (w.table, w.chart, w.module_tree, w.properties))

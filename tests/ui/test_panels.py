@@ -69,6 +69,37 @@ def test_filter_is_a_regex_on_name_or_op(table) -> None:
     assert len(table.visible_names()) == 5
 
 
+def test_sorting_keeps_graph_order_among_ties_both_ways_and_works_under_a_filter(table, graph) -> None:
+    in_graph = [lay.name for lay in graph.layers]
+    scope = {lay.name: lay.scope.lower() for lay in graph.layers}
+    table.sort_by("scope", descending=True)  # text column: two "features", two "head", one ""
+    assert table.visible_names() == sorted(in_graph, key=scope.get, reverse=True)  # stable: ties in graph order
+    assert table.visible_names()[:2] == ["head.fc", "head.custom"]
+    table.sort_by("activation_bytes", descending=True)  # three layers tie at 512 B, head.custom unknown
+    assert table.visible_names() == ["features.conv", "features.relu", "flatten", "head.fc", "head.custom"]
+    table.set_filter("head|relu")
+    assert table.visible_names() == ["features.relu", "head.fc", "head.custom"]
+    assert table.model.row_of("features.conv") is None  # hidden rows have no row
+    table.sort_by("activation_bytes", descending=False)
+    assert table.visible_names() == ["head.fc", "features.relu", "head.custom"]
+    table.set_filter("")
+    assert table.visible_names() == ["head.fc", "features.conv", "features.relu", "flatten", "head.custom"]
+
+
+def test_filtering_keeps_the_shared_selection_and_the_current_row(table, selection) -> None:
+    table.sort_by("macs")
+    selection.set(["features.conv", "head.fc", "flatten"], current="head.fc")
+    table.set_filter("head")  # features.conv and flatten are hidden; nothing is deselected for it
+    assert table.selected_names() == {"head.fc"}
+    assert selection.names == {"features.conv", "head.fc", "flatten"}
+    assert table.view.currentIndex().row() == table.model.row_of("head.fc")  # moved with its layer
+    table.set_filter("")
+    assert table.selected_names() == {"features.conv", "head.fc", "flatten"}
+    table.sort_by("name", descending=False)  # the current row and the selection follow a new order
+    assert table.view.currentIndex().row() == table.model.row_of("head.fc")
+    assert table.selected_names() == {"features.conv", "head.fc", "flatten"}
+
+
 def test_latency_share_is_of_the_per_layer_sum(table, metrics) -> None:
     lat = {"features.conv": 3.0, "features.relu": 0.5, "flatten": 0.5, "head.fc": 1.0}
     table.set_metrics(metrics.merge(MetricsTable({"latency_ms": lat})))
@@ -85,7 +116,7 @@ def test_table_selection_drives_the_selection_model_and_back(qtbot, table, selec
     assert selection.current == "head.fc"
     selection.set(["features.relu", "flatten"], current="flatten")
     assert table.selected_names() == {"features.relu", "flatten"}
-    assert table.proxy.mapToSource(view.currentIndex()).row() == table.model.row_of("flatten")
+    assert view.currentIndex().row() == table.model.row_of("flatten")
 
 
 @pytest.fixture

@@ -7,13 +7,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from PySide6.QtCore import (
     QAbstractTableModel,
     QItemSelection,
     QItemSelectionModel,
     QModelIndex,
     QPersistentModelIndex,
-    QSortFilterProxyModel,
     Qt,
 )
 from PySide6.QtGui import QFontMetrics
@@ -59,96 +59,139 @@ COLUMN_INDEX = {c.key: i for i, c in enumerate(COLUMNS)}
 
 
 class LayerTableModel(QAbstractTableModel):
-    """Rows = ``graph.layers``; numbers from the :class:`MetricsTable` (missing = unknown).
+    """Rows = the shown layers of ``graph.layers``; numbers from the :class:`MetricsTable` (missing = unknown).
 
-    The model sorts itself (:meth:`sort`): one Python key per row instead of a Python
-    ``lessThan`` per comparison in a sorting proxy, which took tenths of a second on the GUI
-    thread for a model of a few hundred layers.
+    The model sorts and filters itself: ``_order`` maps each view row to a layer's position in
+    the graph, rebuilt with one numpy ``argsort`` / one regex pass (:meth:`sort`,
+    :meth:`set_pattern`).  No proxy model in between: a proxy costs the paint of every cell a
+    round of calls back into Python (its ``multiData``, the source's ``rowCount`` and
+    ``columnCount``), and sorting or filtering through it calls Python once per row or comparison.
     """
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self._graph: LayerGraph | None = None
-        self._layers: list[Layer] = []  # in display (sorted) order
-        self._graph_row: dict[str, int] = {}  # name -> position in the graph (ties keep it)
+        self._layers: list[Layer] = []  # graph order
+        self._pos: dict[str, int] = {}  # name -> position in the graph
+        self._order: list[int] = []  # view row -> position in the graph (the shown rows, in order)
+        self._row_of: dict[str, int] = {}  # name -> view row (shown layers only)
         self._metrics = MetricsTable()
         self._latency_total = 0.0
-        self._row_of: dict[str, int] = {}
         self._sort: tuple[int, Qt.SortOrder] | None = None
-        self._sorted_for: tuple | None = None  # (column, order, metrics) the rows are in order for
-        # per row (display order), its cells' (display, alignment, tooltip), built when the row is
-        # first asked for: a paint is then lookups, not number formatting (see multiData)
-        self._cells: list[tuple[tuple[str, int | None, str | None], ...] | None] = []
+        self._regex: re.Pattern[str] | None = None
+        self._ordered_for: tuple | None = None  # (graph, metrics, sort, regex) _order was built for
+        # per layer (graph position), per column, the roles a cell is painted with ({role: value}),
+        # built when the row is first shown: a paint is then lookups, not number formatting
+        self._cells: list[tuple[dict[int, Any], ...] | None] = []
 
     def set_graph(self, graph: LayerGraph | None) -> None:
         self.beginResetModel()
         self._graph = graph
         self._layers = list(graph.layers) if graph is not None else []
-        self._graph_row = {lay.name: i for i, lay in enumerate(self._layers)}
+        self._pos = {lay.name: i for i, lay in enumerate(self._layers)}
         self._metrics = MetricsTable()
-        self._sorted_for = None
-        self._layers = self._sorted(self._layers)
-        self._row_of = {lay.name: i for i, lay in enumerate(self._layers)}
+        self._latency_total = 0.0
         self._cells = [None] * len(self._layers)
+        self._set_order(self._ordered())
+        self._ordered_for = (graph, self._metrics, self._sort, self._regex)
         self.endResetModel()
 
     def set_metrics(self, metrics: MetricsTable) -> None:
         self._metrics = metrics
-        self._latency_total = sum(metrics.column("latency_ms").values())
+        self._latency_total = sum(v for v in metrics.column("latency_ms").values() if v is not None)
         self._cells = [None] * len(self._layers)  # new numbers: every cached text is stale
-        if self._layers:
-            if self._sort is not None:
-                self.sort(*self._sort)  # the sorted column's numbers may have changed
-            self.dataChanged.emit(self.index(0, 0), self.index(len(self._layers) - 1, len(COLUMNS) - 1))
+        if self._sort is not None:
+            self._reorder()  # the sorted column's numbers may have changed
+        if self._order:
+            self.dataChanged.emit(self.index(0, 0), self.index(len(self._order) - 1, len(COLUMNS) - 1))
 
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
         """Sort rows by ``column``: unknown values last in either order, ties in graph order."""
-        if not 0 <= column < len(COLUMNS):
-            return
-        self._sort = (column, order)
-        done = self._sorted_for
-        if done is not None and done[:2] == (column, order) and done[2] is self._metrics:
-            return  # in this order for these numbers already (new numbers re-sort, then the view asks again)
-        self._sorted_for = (column, order, self._metrics)
-        new = self._sorted(self._layers)
-        if new == self._layers:
+        if 0 <= column < len(COLUMNS):
+            self._sort = (column, order)
+            self._reorder()
+
+    def set_pattern(self, text: str) -> bool:
+        """Show only rows whose name or op matches ``text`` (a case-insensitive regex; "" = all).
+        False (and the rows unchanged) if ``text`` is not a regex."""
+        try:
+            regex = re.compile(text, re.IGNORECASE) if text else None
+        except re.error:
+            return False
+        self._regex = regex
+        self._reorder()
+        return True
+
+    def _reorder(self) -> None:
+        """Bring ``_order`` up to date with the sort and the filter as one layout change: the
+        view's persistent indexes (selection, current) follow their layers; hidden ones go invalid."""
+        state = (self._graph, self._metrics, self._sort, self._regex)
+        done = self._ordered_for
+        if done is not None and done[0] is state[0] and done[1] is state[1] and done[2:] == state[2:]:
+            return  # the view sorts again after sortByColumn, setSortingEnabled, ...: nothing new
+        self._ordered_for = state
+        order = self._ordered()
+        if order == self._order:
             return
         self.layoutAboutToBeChanged.emit()
-        old_persistent = self.persistentIndexList()
-        names = [self._layers[i.row()].name for i in old_persistent]
-        self._cells = [self._cells[self._row_of[lay.name]] for lay in new]  # the cached rows move with their layers
-        self._layers = new
-        self._row_of = {lay.name: i for i, lay in enumerate(new)}
-        self.changePersistentIndexList(old_persistent, [self.index(self._row_of[n], i.column())
-                                                         for n, i in zip(names, old_persistent, strict=True)])
+        old = self.persistentIndexList()
+        old_pos = self._order
+        self._set_order(order)
+        row_of_pos = {p: r for r, p in enumerate(order)}
+        new = []
+        for i in old:
+            r = row_of_pos.get(old_pos[i.row()])
+            new.append(QModelIndex() if r is None else self.createIndex(r, i.column()))
+        self.changePersistentIndexList(old, new)
         self.layoutChanged.emit()
 
-    def _sorted(self, layers: list[Layer]) -> list[Layer]:
-        in_graph = sorted(layers, key=lambda lay: self._graph_row[lay.name])
-        if self._sort is None:
-            return in_graph
-        key = COLUMNS[self._sort[0]].key
-        known: list[tuple[Any, Layer]] = []
-        unknown: list[Layer] = []
-        for lay in in_graph:
-            v = self.raw(lay, key)
-            if v is None:
-                unknown.append(lay)
-            else:
-                known.append((v.lower() if isinstance(v, str) else v, lay))
-        # a stable sort keeps graph order among ties, also with reverse=True
-        known.sort(key=lambda kv: kv[0], reverse=self._sort[1] == Qt.SortOrder.DescendingOrder)
-        return [lay for _, lay in known] + unknown
+    def _set_order(self, order: list[int]) -> None:
+        self._order = order
+        layers = self._layers
+        self._row_of = {layers[p].name: r for r, p in enumerate(order)}
+
+    def _ordered(self) -> list[int]:
+        """Graph positions of the shown layers, in the current sort order."""
+        n = len(self._layers)
+        if self._regex is None:
+            shown = np.arange(n)
+        else:
+            search = self._regex.search
+            shown = np.flatnonzero(np.fromiter(
+                (bool(search(lay.name) or search(lay.op_type)) for lay in self._layers), bool, n))
+        if self._sort is None or not len(shown):
+            return shown.tolist()
+        column, order = self._sort
+        key = COLUMNS[column].key
+        descending = order == Qt.SortOrder.DescendingOrder
+        layers = self._layers
+        if COLUMNS[column].numeric:
+            # latency_share sorts like latency_ms (one positive divisor), unknown without a total
+            if key == "latency_share":
+                key = "latency_ms" if self._latency_total > 0 else ""
+            col = self._metrics.column(key)
+            values = np.array([col.get(layers[p].name) for p in shown.tolist()], dtype=float)  # None -> nan
+            known = ~np.isnan(values)
+            keys = -values[known] if descending else values[known]
+        else:
+            texts = [self.raw(layers[p], key).lower() for p in shown.tolist()]
+            known = np.ones(len(shown), bool)
+            _, ranks = np.unique(np.array(texts), return_inverse=True)
+            keys = -ranks if descending else ranks
+        # stable: ties keep graph order, also descending (hence the negated keys, not a reversal)
+        first = shown[known][np.argsort(keys, kind="stable")]
+        return np.concatenate([first, shown[~known]]).tolist()
 
     def row_of(self, name: str) -> int | None:
+        """The view row of layer ``name`` (None if it is not shown)."""
         return self._row_of.get(name)
 
     def name_at(self, row: int) -> str:
-        return self._layers[row].name
+        return self._layers[self._order[row]].name
 
     # --- Qt model API -----------------------------------------------------------------------
     def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._layers)
+        return 0 if parent.isValid() else len(self._order)
 
     def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(COLUMNS)
@@ -180,7 +223,11 @@ class LayerTableModel(QAbstractTableModel):
         return self._metrics.get(key, layer.name)
 
     def display(self, layer: Layer, key: str) -> str:
-        v = self.raw(layer, key)
+        return self._text(key, self.raw(layer, key))
+
+    @staticmethod
+    def _text(key: str, v: Any) -> str:
+        """The text shown for value ``v`` (from :meth:`raw`) in column ``key``."""
         if key == "latency_share":
             return numbers.percent(v)
         if key in METRICS:
@@ -189,126 +236,60 @@ class LayerTableModel(QAbstractTableModel):
             return f"{int(v):,}" if key == "params" else numbers.by_unit(v, METRICS[key].unit)
         return str(v)
 
-    def _row_cells(self, row: int) -> tuple[tuple[str, int | None, str | None], ...]:
-        """Row ``row``'s cells as (display text, alignment or None, tooltip or None), cached."""
-        cells = self._cells[row]
+    def _row_cells(self, pos: int) -> tuple[dict[int, Any], ...]:
+        """The cells of the layer at graph position ``pos``, as {role: value} per column (cached)."""
+        cells = self._cells[pos]
         if cells is None:
-            layer = self._layers[row]
+            layer = self._layers[pos]
             notes = self._metrics.notes
             built = []
             for col in COLUMNS:
                 raw = self.raw(layer, col.key)
-                tip = None
-                if col.numeric and raw is None:
-                    note = notes.get(col.key, "")
-                    tip = f"unknown for {layer.op_type}" + (f" ({note})" if note else "")
+                roles: dict[int, Any] = {_DISPLAY: self._text(col.key, raw), SORT_ROLE: raw, NAME_ROLE: layer.name}
+                if col.numeric:
+                    roles[_ALIGN] = _RIGHT
+                    if raw is None:
+                        note = notes.get(col.key, "")
+                        roles[_TIP] = f"unknown for {layer.op_type}" + (f" ({note})" if note else "")
                 elif col.key == "name":
-                    tip = layer.name
-                built.append((self.display(layer, col.key), _RIGHT if col.numeric else None, tip))
-            cells = self._cells[row] = tuple(built)
+                    roles[_TIP] = layer.name
+                built.append(roles)
+            cells = self._cells[pos] = tuple(built)
         return cells
 
     def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
             return None
-        row = index.row()
-        if role == Qt.ItemDataRole.DisplayRole:
-            return self._row_cells(row)[index.column()][0]
-        if role == SORT_ROLE:
-            return self.raw(self._layers[row], COLUMNS[index.column()].key)
-        if role == NAME_ROLE:
-            return self._layers[row].name
-        if role == Qt.ItemDataRole.TextAlignmentRole:
-            return self._row_cells(row)[index.column()][1]
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return self._row_cells(row)[index.column()][2]
-        return None
+        return self._row_cells(self._order[index.row()])[index.column()].get(int(role))
 
     def multiData(self, index: QModelIndex | QPersistentModelIndex, roleDataSpan) -> None:
         """All the roles a cell is drawn with, in one call.
 
-        The item delegate asks for seven roles per cell; answered one by one that is ~600 calls
-        into Python per paint of the table, each taking the GIL back from whatever worker holds
-        it (a paint took 20-70 ms next to the layout worker).  One call per cell: ~90.
+        The item delegate asks for seven roles per cell; answered one by one (``data``) that is
+        seven calls into Python per cell, each taking the GIL back from whatever worker holds it.
+        A role the cell has no value for is cleared: a span may be reused from cell to cell.
         """
-        if index.isValid():
-            self.fill_cell(index.row(), index.column(), roleDataSpan)
-
-    def fill_cell(self, row: int, column: int, roleDataSpan) -> None:
-        """:meth:`multiData` for source cell (row, column): cached values, no formatting."""
-        display, align, tip = self._row_cells(row)[column]
+        row = index.row()
+        if row < 0:
+            return  # an invalid index
+        pos = self._order[row]
+        cells = self._cells[pos]
+        if cells is None:  # (the cache inline: this runs for every painted cell)
+            cells = self._row_cells(pos)
+        get = cells[index.column()].get
         for i in range(len(roleDataSpan)):
             rd = roleDataSpan[i]
-            role = rd.role()
-            if role == _DISPLAY:
-                rd.setData(display)
-            elif role == _ALIGN and align is not None:
-                rd.setData(align)
-            elif role == _TIP and tip is not None:
-                rd.setData(tip)
-            elif role == SORT_ROLE:
-                rd.setData(self.raw(self._layers[row], COLUMNS[column].key))
-            elif role == NAME_ROLE:
-                rd.setData(self._layers[row].name)
+            value = get(rd.role())
+            if value is None:
+                rd.clearData()
             else:
-                rd.clearData()  # the span is reused from cell to cell: no value left from the last one
+                rd.setData(value)
 
 
 _DISPLAY = int(Qt.ItemDataRole.DisplayRole)
 _ALIGN = int(Qt.ItemDataRole.TextAlignmentRole)
 _TIP = int(Qt.ItemDataRole.ToolTipRole)
 _RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-
-
-class LayerFilterProxy(QSortFilterProxyModel):
-    """Filters by a regex on name/op; sorting is passed on to the source model."""
-
-    def __init__(self, parent=None) -> None:
-        super().__init__(parent)
-        self.setSortRole(SORT_ROLE)
-        self._regex: re.Pattern[str] | None = None
-        self._source: LayerTableModel | None = None
-
-    def setSourceModel(self, model) -> None:
-        super().setSourceModel(model)
-        self._source = model if isinstance(model, LayerTableModel) else None
-
-    def set_pattern(self, text: str) -> bool:
-        """Filter rows by a case-insensitive regex on name or op; False if ``text`` is not a regex."""
-        try:
-            regex = re.compile(text, re.IGNORECASE) if text else None
-        except re.error:
-            return False
-        if hasattr(self, "beginFilterChange"):  # Qt >= 6.9; invalidateRowsFilter is deprecated there
-            self.beginFilterChange()
-            self._regex = regex
-            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
-        else:
-            self._regex = regex
-            self.invalidateRowsFilter()
-        return True
-
-    def filterAcceptsRow(self, source_row: int, source_parent) -> bool:
-        if self._regex is None:
-            return True
-        model = self.sourceModel()
-        name = model.index(source_row, COLUMN_INDEX["name"], source_parent).data()
-        op = model.index(source_row, COLUMN_INDEX["op"], source_parent).data()
-        return bool(self._regex.search(name or "") or self._regex.search(op or ""))
-
-    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
-        """Sorting is the source model's (see :meth:`LayerTableModel.sort`); this proxy only filters."""
-        self.sourceModel().sort(column, order)
-
-    def multiData(self, index: QModelIndex | QPersistentModelIndex, roleDataSpan) -> None:
-        # Qt's proxy would ask the source role by role (see LayerTableModel.multiData); straight
-        # to the source's Python method with the row and column: no source index wrapped for it
-        source = self.mapToSource(index)
-        if self._source is not None:
-            if source.isValid():
-                self._source.fill_cell(source.row(), source.column(), roleDataSpan)
-        else:
-            self.sourceModel().multiData(source, roleDataSpan)
 
 
 class LayerTablePanel(QWidget):
@@ -318,15 +299,13 @@ class LayerTablePanel(QWidget):
         super().__init__(parent)
         self.selection = selection
         self.model = LayerTableModel(self)
-        self.proxy = LayerFilterProxy(self)
-        self.proxy.setSourceModel(self.model)
         self.filter_edit = QLineEdit(self)
         self.filter_edit.setPlaceholderText("Filter layers by name or op (regex)")
         self.filter_edit.setClearButtonEnabled(True)
         self.filter_edit.textChanged.connect(self.set_filter)
         self.view = QTableView(self)
         self.view.setObjectName("layer_table")
-        self.view.setModel(self.proxy)
+        self.view.setModel(self.model)
         self.view.setSortingEnabled(True)
         self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
@@ -348,8 +327,8 @@ class LayerTablePanel(QWidget):
         # after a reset or a new order the view lays its rows out when it next paints, and that
         # layout asks for another paint: two paints of the table (10-25 ms each) per change.
         # Laid out at once, it paints once.
-        self.proxy.modelReset.connect(self.view.executeDelayedItemsLayout)
-        self.proxy.layoutChanged.connect(self.view.executeDelayedItemsLayout)
+        self.model.modelReset.connect(self.view.executeDelayedItemsLayout)
+        self.model.layoutChanged.connect(self.view.executeDelayedItemsLayout)
         selection.sig_changed.connect(self._on_selection_changed)
         selection.sig_current_changed.connect(self._on_current_changed)
 
@@ -373,17 +352,18 @@ class LayerTablePanel(QWidget):
         BERT-base); measuring the display strings directly costs a few milliseconds.
         """
         model = self.model
-        n = model.rowCount()
+        all_layers = model._layers  # graph order, shown or not: the widths do not follow the filter
+        n = len(all_layers)
         rows = range(n) if n <= SIZE_SAMPLE else sorted({round(i * (n - 1) / (SIZE_SAMPLE - 1))
                                                           for i in range(SIZE_SAMPLE)})
-        layers = [model._layers[r] for r in rows]
+        layers = [all_layers[r] for r in rows]
         biggest = {}  # per numeric column, the layer with the largest number: its text is about the widest
         for col in COLUMNS:
             values = model._metrics.column(col.key) if col.numeric else None
             if values:
                 name = max(values, key=lambda k, v=values: abs(v[k]) if v[k] is not None else -1.0)
-                if name in model._row_of:
-                    biggest[col.key] = model._layers[model._row_of[name]]
+                if name in model._pos:
+                    biggest[col.key] = all_layers[model._pos[name]]
         cell = QFontMetrics(self.view.font())
         head = QFontMetrics(self.view.horizontalHeader().font())
         pad = 2 * self.view.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, self.view) + 14
@@ -418,13 +398,15 @@ class LayerTablePanel(QWidget):
         if self.filter_edit.text() != text:
             self.filter_edit.setText(text)  # calls back here through textChanged
             return
-        ok = self.proxy.set_pattern(text)
+        ok = self.model.set_pattern(text)
         self.filter_edit.setStyleSheet("" if ok else "QLineEdit { color: #c0392b; }")
+        if ok:  # rows shown again are selected again if they are in the shared selection
+            self._apply_selection(self.selection.names)
 
     # --- helpers for tests and other panels ---------------------------------------------------
     def visible_names(self) -> list[str]:
         """Layer names in the order the table shows them."""
-        return [self.proxy.index(r, 0).data(NAME_ROLE) for r in range(self.proxy.rowCount())]
+        return [self.model.name_at(r) for r in range(self.model.rowCount())]
 
     def selected_names(self) -> set[str]:
         return {i.data(NAME_ROLE) for i in self.view.selectionModel().selectedRows()}
@@ -444,14 +426,12 @@ class LayerTablePanel(QWidget):
 
     def _apply_selection(self, names: frozenset[str]) -> None:
         sel = QItemSelection()
-        last = self.proxy.columnCount() - 1
+        model = self.model
+        last = len(COLUMNS) - 1
         for name in names:
-            row = self.model.row_of(name)
-            if row is None:
-                continue
-            p = self.proxy.mapFromSource(self.model.index(row, 0))
-            if p.isValid():
-                sel.select(p, self.proxy.index(p.row(), last))
+            row = model.row_of(name)
+            if row is not None:  # None: filtered out
+                sel.select(model.index(row, 0), model.index(row, last))
         self._syncing = True
         try:
             self.view.selectionModel().select(sel, QItemSelectionModel.SelectionFlag.ClearAndSelect)
@@ -462,7 +442,7 @@ class LayerTablePanel(QWidget):
         row = self.model.row_of(name) if name else None
         if row is None:
             return
-        p = self.proxy.mapFromSource(self.model.index(row, 0))
+        p = self.model.index(row, 0)
         if p.isValid():
             self._syncing = True
             try:
@@ -470,5 +450,3 @@ class LayerTablePanel(QWidget):
             finally:
                 self._syncing = False
             self.view.scrollTo(p, QAbstractItemView.ScrollHint.EnsureVisible)
-
-

@@ -1,10 +1,10 @@
-"""The status bar's permanent widgets: the model's totals, uncounted ops, latency, and the task
-progress bar with its Cancel button."""
+"""The status bar's permanent widgets: the model's totals, uncounted ops, latency, the status
+bar's temporary messages, and the task progress bar with its Cancel button."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QToolButton, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QSizePolicy, QToolButton, QWidget
 
 from effstudio.core.graph import LayerGraph
 from effstudio.core.metrics.table import MetricsTable
@@ -35,7 +35,13 @@ def latency_summary(metrics: MetricsTable) -> tuple[str, str] | None:
 
 
 class StatusPanel(QWidget):
-    """Totals | uncounted ops | latency | progress + Cancel (only while a task runs)."""
+    """Totals | uncounted ops | latency | message | progress + Cancel (only while a task runs).
+
+    The status bar draws its temporary messages (``showMessage``, action status tips) left of its
+    permanent widgets, and this panel is one that takes the whole width: there the message would
+    sit under the totals.  It is shown here instead (:meth:`show_message`, connected to the bar's
+    ``messageChanged``), in the room between the latency and the progress bar.
+    """
 
     sig_cancel = Signal()
 
@@ -47,6 +53,11 @@ class StatusPanel(QWidget):
         self.uncounted_label.setObjectName("status_uncounted")
         self.latency_label = QLabel(self)
         self.latency_label.setObjectName("status_latency")
+        self.message_label = QLabel(self)
+        self.message_label.setObjectName("status_message")
+        self.message_label.setTextFormat(Qt.TextFormat.PlainText)
+        # takes the free room and no more: a long message is cut, never widens the window
+        self.message_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.progress = QProgressBar(self)
         self.progress.setRange(0, 1000)
         self.progress.setFixedWidth(160)
@@ -65,7 +76,7 @@ class StatusPanel(QWidget):
         layout.addWidget(self.totals_label)
         layout.addWidget(self.uncounted_label)
         layout.addWidget(self.latency_label)
-        layout.addStretch(1)
+        layout.addWidget(self.message_label, 1)
         layout.addWidget(self.task_label)
         layout.addWidget(self.progress)
         layout.addWidget(self.cancel_button)
@@ -110,6 +121,11 @@ class StatusPanel(QWidget):
         else:
             self.uncounted_label.clear()
             self.uncounted_label.setToolTip("")
+
+    def show_message(self, text: str) -> None:
+        """Show the status bar's current temporary message ("" clears it)."""
+        self.message_label.setText(text)
+        self.message_label.setToolTip(text)
 
     def set_latency(self, state: str, detail: str = "", metrics: MetricsTable | None = None) -> None:
         summary = latency_summary(metrics) if (state == "done" and metrics is not None) else None
