@@ -54,3 +54,38 @@ def test_progress_counts_nodes_only_when_reporting(n: int) -> None:
         assert len(counted) == 1
         assert [m for _, m in seen] == [f"building layers ({k}/{n} nodes)" for k in (200, 400)]
         assert [round(f, 6) for f, _ in seen] == [round(k / n, 6) for k in (200, 400)]
+
+
+def _fully_described(n: int) -> onnx.ModelProto:
+    model = _relu_chain(n, 3)
+    model.graph.value_info.extend(helper.make_tensor_value_info(f"t{i}", TensorProto.FLOAT, [2, 3])
+                                  for i in range(2, n))
+    return model
+
+
+def test_stored_static_shapes_skip_onnx_inference_and_give_what_it_gives(monkeypatch) -> None:
+    inputs = [TensorInfo("t0", (2, 3), "float32")]
+    model = _fully_described(4)
+    calls = []
+    real = onnx.shape_inference.infer_shapes
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fast, problem = onnx_shapes.infer_tensor_infos(model, inputs, {})
+    assert problem is None and calls == []
+    monkeypatch.setattr(onnx_shapes, "_stored_shapes_complete", lambda g: False)
+    slow, problem = onnx_shapes.infer_tensor_infos(model, inputs, {})
+    assert problem is None and calls and fast == slow
+
+
+@pytest.mark.parametrize("change", ["one value not stored", "a symbolic dim", "a -1 dim"])
+def test_stored_shapes_that_leave_anything_open_still_run_inference(change: str) -> None:
+    model = _fully_described(4)
+    vi = model.graph.value_info[-1]  # t3
+    if change == "one value not stored":
+        model.graph.value_info.pop()
+    elif change == "a symbolic dim":
+        vi.type.tensor_type.shape.dim[1].dim_param = "n"
+    else:
+        vi.type.tensor_type.shape.dim[1].dim_value = -1
+    assert not onnx_shapes._stored_shapes_complete(model.graph)
+    infos, problem = onnx_shapes.infer_tensor_infos(model, [TensorInfo("t0", (2, 3), "float32")], {})
+    assert problem is None and infos["t4"].shape == (2, 3)

@@ -314,16 +314,17 @@ def _light_graph(src: onnx.GraphProto, dst: onnx.GraphProto, hoisted: list[onnx.
 _NEGATIVE_DIM = re.compile(rb"\x08[\x80-\xff]{9}\x01")
 
 
-def _light_and_bytes(model: onnx.ModelProto, inputs: list[TensorInfo],
-                     symbols: dict[str, int]) -> tuple[onnx.ModelProto, bytes | None]:
+def _light_and_bytes(model: onnx.ModelProto, inputs: list[TensorInfo], symbols: dict[str, int],
+                     light: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, bytes | None]:
     """:func:`light_copy` and, when it was serialized on the way, its bytes.
 
     Without ``symbols`` the substitution only clears negative dims (``_substitute``), which
-    most models have none of: the copy is made without it, serialized (inference needs the
-    bytes anyway) and made again with it only when the bytes show a negative dim."""
+    most models have none of: the copy is made without it (or is ``light``, made so),
+    serialized (inference needs the bytes anyway) and made again with it only when the bytes
+    show a negative dim."""
     if symbols:
-        return light_copy(model, inputs, symbols), None
-    light = _light_copy(model, inputs, None)
+        return light if light is not None else light_copy(model, inputs, symbols), None
+    light = light if light is not None else _light_copy(model, inputs, None)
     data = light.SerializeToString()
     if _NEGATIVE_DIM.search(data) is None:
         return light, data
@@ -362,6 +363,27 @@ def _light_copy(model: onnx.ModelProto, inputs: list[TensorInfo], symbols: dict[
                     shape.dim.add().dim_param = d
     g.input.extend(vi for vi in hoisted if vi.name not in declared)
     return light
+
+
+def _stored_shapes_complete(g: onnx.GraphProto) -> bool:
+    """Every value the graph's nodes make has a stored, fully static tensor shape, and no node
+    holds a subgraph.  (A stored dim of -1 is not static: it fails the check, so the light copy
+    made without the substitution of negative dims is enough to decide.)"""
+    static: set[str] = set()
+    for vi in (*g.value_info, *g.output):
+        tp = vi.type
+        if tp.WhichOneof("value") != _TENSOR_TYPE or not tp.tensor_type.HasField("shape"):
+            continue
+        dims = tp.tensor_type.shape.dim
+        if all(d.dim_value > 0 for d in dims):
+            static.add(vi.name)
+    for node in g.node:
+        if node.attribute and any(a.type in (_GRAPH, _GRAPHS) for a in node.attribute):
+            return False
+        for o in node.output:
+            if o and o not in static:
+                return False
+    return True
 
 
 def collect_infos(model: onnx.ModelProto, known: dict[str, TensorInfo] | None = None) -> dict[str, TensorInfo]:
@@ -459,7 +481,13 @@ def infer_tensor_infos(model: onnx.ModelProto, inputs: list[TensorInfo], symbols
     ``onnx_run_shapes``; ``external_folder``: where weights not yet read into ``model`` lie).
     Returns the infos and, when inference failed, why (the declared ``value_info`` is used then).
     """
-    light, data = _light_and_bytes(model, inputs, symbols)
+    light = _light_copy(model, inputs, None) if not symbols else light_copy(model, inputs, symbols)
+    if _stored_shapes_complete(light.graph):
+        # onnx's inference keeps every stored shape, so here it could add nothing; skipping it
+        # saves its C++ pass, which holds the GIL throughout (24-46 ms on BERT-base: a stall of
+        # the window that opens the model)
+        return collect_infos(light), None
+    light, data = _light_and_bytes(model, inputs, symbols, light)
     found: dict[str, TensorInfo] = {}
     problem: str | None = None
     for data_prop in (True, False):
