@@ -52,6 +52,7 @@ from effstudio.ui.panels.status import StatusPanel
 from effstudio.ui.selection import SelectionModel
 from effstudio.ui.session import ModelSession
 from effstudio.ui.settings import Settings
+from effstudio.ui.workers import TaskRunner
 
 OPEN_FILTER = "Models (*.onnx *.pt2 *.pt *.ts);;ONNX (*.onnx);;PyTorch (*.pt2 *.pt *.ts);;All files (*)"
 MODEL_SUFFIXES = (".onnx", ".pt2", ".pt", ".ts", ".pth")
@@ -66,6 +67,12 @@ def _graph_view_class():
     except ImportError:
         return None
     return GraphView
+
+
+def _warm_up_loaders() -> None:
+    from effstudio.core.loaders.onnx_shapes import warm_up
+
+    warm_up()
 
 
 class MainWindow(QMainWindow):
@@ -138,6 +145,10 @@ class MainWindow(QMainWindow):
         self._restore_layout()
         self.status.set_model(None, MetricsTable())
         self._update_enablement()
+        # one-time costs of the first open (imports, onnx's schema tables) paid now, while the
+        # window idles, off the GUI thread; not the session's runner: nothing shows as busy
+        self._warm_runner = TaskRunner(self)
+        self._warm_runner.start("warm-up", _warm_up_loaders)
 
     def _use_toolbar_search_for_graph(self) -> None:
         """One search box: the toolbar's (Ctrl+F) drives the graph and the table, so the graph
@@ -545,6 +556,7 @@ class MainWindow(QMainWindow):
         self.settings.save_layout(self.saveGeometry(), self.saveState())
         self.settings.sync()
         self.session.shutdown()
+        self._warm_runner.shutdown(10.0)
         if self.graph_view is not None and hasattr(self.graph_view, "wait_idle"):
             self.graph_view.wait_idle(10.0)  # its layout worker
         super().closeEvent(event)

@@ -89,3 +89,13 @@ def test_stored_shapes_that_leave_anything_open_still_run_inference(change: str)
     assert not onnx_shapes._stored_shapes_complete(model.graph)
     infos, problem = onnx_shapes.infer_tensor_infos(model, [TensorInfo("t0", (2, 3), "float32")], {})
     assert problem is None and infos["t4"].shape == (2, 3)
+
+
+def test_warm_up_runs_onnx_inference_once(monkeypatch) -> None:
+    calls = []
+    real = onnx.shape_inference.infer_shapes
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(onnx_shapes, "_warmed", False)
+    onnx_shapes.warm_up()
+    onnx_shapes.warm_up()
+    assert calls == [1]

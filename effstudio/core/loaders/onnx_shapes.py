@@ -365,6 +365,30 @@ def _light_copy(model: onnx.ModelProto, inputs: list[TensorInfo], symbols: dict[
     return light
 
 
+_warmed = False
+
+
+def warm_up() -> None:
+    """Run onnx's shape inference once, on a one-node model.
+
+    Its first call in a process builds onnx's operator schema tables: ~20 ms in C++ holding the
+    GIL (on BERT-base that first call took 28 ms where later ones took 7).  An app calls this in
+    a background thread while it idles, so that opening a model, with a window to keep
+    responsive, does not pay it.
+    """
+    global _warmed
+    if _warmed:
+        return
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "warm-up", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    _warmed = True
+
+
 def _stored_shapes_complete(g: onnx.GraphProto) -> bool:
     """Every value the graph's nodes make has a stored, fully static tensor shape, and no node
     holds a subgraph.  (A stored dim of -1 is not static: it fails the check, so the light copy
