@@ -235,6 +235,32 @@ def test_auto_formats_and_tolerance(tmp_path):
         assert (loose_rows[t]["alpha"], loose_rows[t]["how"]) == (exact_rows[t]["alpha"], exact_rows[t]["how"])
 
 
+def test_pick_prefers_no_mul_then_per_tensor_within_tolerance():
+    # (alpha, per_channel, reduce_range) -> emulated error; smoothing this input needs an inserted Mul
+    options = {(None, True, False): 1.0, (None, False, False): 1.5, (0.5, False, False): 0.9, (0.5, True, False): 0.8}
+    assert S._pick(options, True, 0.0) == (0.5, True, False)  # no tolerance: the least error, whatever it costs
+    assert S._pick(options, True, 0.3) == (None, True, False)  # 1.0 <= 1.04: no Mul, per-channel (1.5 is too far)
+    assert S._pick(options, True, 1.0) == (None, False, False)  # 1.5 <= 1.6: no Mul and per-tensor
+    assert S._pick(options, False, 0.2) == (0.5, False, False)  # a fold costs nothing: per-tensor within 0.96
+
+
+def test_tolerance_buys_per_tensor_weights(tmp_path):
+    parent = block(tmp_path)
+    cal = npz(tmp_path, 8, 1)
+    exact = DYNAMIC.apply(parent, DYNAMIC.config_cls(per_channel="auto", calibration=cal), MATMULS, Progress())
+    loose = DYNAMIC.apply(parent, DYNAMIC.config_cls(per_channel="auto", tolerance=100.0, calibration=cal), MATMULS,
+                          Progress())
+    exact_rows = {r["input"]: r for r in exact.extra["layerwise"]}
+    loose_rows = {r["input"]: r for r in loose.extra["layerwise"]}
+    assert any(r["per_channel"] for r in exact_rows.values())  # the least error is per-channel somewhere ...
+    assert not any(r["per_channel"] for r in loose_rows.values())  # ... the cheaper per-tensor kernel within 101×
+    for t, r in loose_rows.items():
+        assert r["error"] <= 101.0 * exact_rows[t]["error"]
+    scales = {t.name: numpy_helper.to_array(t) for t in loose.model.onnx_model.graph.initializer
+              if t.name.endswith("_scale")}
+    assert scales and all(v.size == 1 for v in scales.values())  # one weight scale per MatMul, as stored
+
+
 def test_find_groups_skips_shared_weights(tmp_path):
     parent = block(tmp_path)
     proto = U.prepare_proto(parent)

@@ -59,8 +59,10 @@ class Int8DynamicConfig(TechniqueConfig):
     be smoothed, "auto" (per input: one of 0.3…0.9 or none), or null (off); smooth_mul: where the
     scale cannot be folded into the op that makes the activation, insert a Mul (costs an
     elementwise op each) instead of leaving that input unsmoothed.
-    "auto" choices take the option with the least emulated error on the calibration inputs, or one
-    without an inserted Mul whose error is at most (1 + tolerance) times that.
+    "auto" choices take the cheapest option whose emulated error on the calibration inputs is at most
+    (1 + tolerance) times the least: first without an inserted Mul, then with per-tensor weights
+    (onnxruntime's int8 MatMul with one scale per column measured 3–4.5 % slower on an AVX2 CPU);
+    tolerance 0 takes the least-error option.
     calibration / samples: as quant.int8_static (used only by these choices)."""
 
     technique = "quant.int8_dynamic"
