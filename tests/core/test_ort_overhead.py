@@ -90,7 +90,10 @@ def test_measured_overhead_is_taken_out_and_reported(many_small_nodes) -> None:
     e2e = sum(r.per_layer_ms.values()) / r.latency_sum_ratio
     assert (r.latency_sum_ratio_raw - r.latency_sum_ratio) * e2e == pytest.approx(r.overhead_ms, rel=1e-6, abs=1e-9)
     assert "less the profiler's cost inside node events" in r.method and "uncorrected" in r.method
-    assert RUNTIME_KEY not in r.per_layer_ms or r.per_layer_ms[RUNTIME_KEY] >= 0
+    # a run call's own cost, measured on a node-less model alongside, is the runtime's time
+    call = r.runtime_nodes[ort_overhead.CALL_KEY]
+    assert call > 0 and r.per_layer_ms[RUNTIME_KEY] >= call and ort_overhead.CALL_KEY in r.method
+    assert r.sum_ratio_e2e_ms == pytest.approx(e2e)
     assert LatencyResult.from_json(r.to_json()) == r
     out = profile_json(many_small_nodes, compute_static(many_small_nodes), r)
     assert out["totals"]["latency_sum_ratio_raw"] == r.latency_sum_ratio_raw
@@ -100,3 +103,19 @@ def test_measured_overhead_is_taken_out_and_reported(many_small_nodes) -> None:
 def test_no_correction_without_per_layer(many_small_nodes) -> None:
     r = measure_latency(many_small_nodes, runs=3, threads=1, per_layer=False)
     assert r.overhead_ms is None and r.latency_sum_ratio_raw is None and r.latency_sum_ratio is None
+
+
+def test_call_shell_model_has_the_inputs_and_outputs_and_no_node() -> None:
+    import onnxruntime as ort
+
+    feeds = {"ids": np.zeros((2, 7), np.int64), "mask": np.ones((2, 7), np.float32)}
+    outputs = {"logits": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.array(3, np.int32)}
+    model = onnx.load_from_string(ort_overhead.call_shell_model(feeds, outputs))
+    assert len(model.graph.node) == 0
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+    assert got.keys() == outputs.keys()
+    for k, v in outputs.items():
+        assert got[k].dtype == v.dtype and np.array_equal(got[k], v)
+    assert ort_overhead.call_shell_model(feeds, {"s": np.array(["a"])}) is None  # strings: no shell
+    assert ort_overhead.call_shell_model(feeds, {"ids": feeds["ids"]}) is None  # an input passed through

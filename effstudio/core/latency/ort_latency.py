@@ -149,6 +149,7 @@ def _per_layer(loaded: LoadedModel, source: str | bytes, providers: list[str], t
     plain_cpu: list[float] = []
     profiled_cpu: list[float] = []
     done = [0]
+    call = _CallShell(plain, feeds, threads) if probe is not None else None
 
     def between() -> None:
         # after each block of profiled runs a block of plain runs (and the probe's): they see the
@@ -165,6 +166,8 @@ def _per_layer(loaded: LoadedModel, source: str | bytes, providers: list[str], t
             plain_cpu.append((time.thread_time_ns() - c0) / 1e6)
         if probe is not None:
             probe.run(block)
+        if call is not None:
+            call.run(block)
 
     try:
         def run() -> None:
@@ -196,6 +199,10 @@ def _per_layer(loaded: LoadedModel, source: str | bytes, providers: list[str], t
         raw_ms = node_ms
         node_ms = ort_overhead.corrected(raw_ms, executions, overhead.per_node_ms)
     assign_layers(loaded, optimized, node_ms, flops, result)
+    call_ms = call.median_ms(cpu=threads == 1) if call is not None else None
+    if call_ms is not None:  # time in no node: the runtime's, like the nodes no layer owns
+        result.runtime_nodes[ort_overhead.CALL_KEY] = call_ms
+        result.per_layer_ms[RUNTIME_KEY] = result.per_layer_ms.get(RUNTIME_KEY, 0.0) + call_ms
     result.per_layer_runs = runs
     # against the plain runs that alternated with the profiled ones, under the same load: the
     # end-to-end phase before ran the demo MLP 2× faster (back to back, its weights stayed in
@@ -216,6 +223,9 @@ def _per_layer(loaded: LoadedModel, source: str | bytes, providers: list[str], t
         how += (f" less the profiler's cost inside node events ({overhead.per_node_ms * 1e3:.1f} µs per node: "
                 f"{overhead.inside_share:.2f} of the {overhead.cost_ms:.3f} ms profiled − plain run; the share "
                 f"measured on a probe alongside)")
+    if call_ms is not None:
+        how += (f"; {ort_overhead.CALL_KEY} {call_ms * 1e3:.1f} µs in {RUNTIME_KEY}: a run of a node-less model with "
+                f"the same inputs and outputs, alongside")
     how += f"; sum/e2e = {result.latency_sum_ratio:.2f}"
     if overhead is not None:
         how += f" (uncorrected {result.latency_sum_ratio_raw:.2f})"
@@ -225,6 +235,42 @@ def _per_layer(loaded: LoadedModel, source: str | bytes, providers: list[str], t
     result.method += f"; per layer: {how}"
     if providers[0] == "CUDAExecutionProvider":
         result.method += " (CUDA node times are host-side: kernel launches are asynchronous)"
+
+
+class _CallShell:
+    """Runs :func:`.ort_overhead.call_shell_model` in blocks beside the plain runs; its median is
+    the time of a ``run`` call outside the model's nodes (None where no shell can be built)."""
+
+    def __init__(self, plain, feeds: dict[str, np.ndarray], threads: int) -> None:
+        import onnxruntime as ort
+
+        self.feeds = feeds
+        self.cpu: list[float] = []  # CPU time of this thread per run, ms
+        self.wall: list[float] = []
+        self.sess = None
+        names = [o.name for o in plain.get_outputs()]
+        model = ort_overhead.call_shell_model(feeds, dict(zip(names, plain.run(None, feeds), strict=True)))
+        if model is None:
+            return
+        try:
+            self.sess = ort.InferenceSession(model, _session_options(threads), providers=["CPUExecutionProvider"])
+            for _ in range(stats.WARMUP_RUNS):
+                self.sess.run(None, feeds)
+        except Exception:  # an input onnxruntime will not take into a node-less model
+            self.sess = None
+
+    def run(self, runs: int) -> None:
+        if self.sess is None:
+            return
+        for _ in range(runs):
+            c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+            self.sess.run(None, self.feeds)
+            self.wall.append((time.perf_counter_ns() - t0) / 1e6)
+            self.cpu.append((time.thread_time_ns() - c0) / 1e6)
+
+    def median_ms(self, *, cpu: bool) -> float | None:
+        times = self.cpu if cpu else self.wall
+        return statistics.median(times) if times else None
 
 
 class _Probe:

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 PROBE_NODES = 64
 PROBE_SHAPE = (1, 64)
@@ -51,6 +51,37 @@ def probe_model() -> bytes:
         nodes, "overhead_probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, PROBE_SHAPE)],
         [helper.make_tensor_value_info(prev, TensorProto.FLOAT, PROBE_SHAPE)],
         [helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 8)
+    return model.SerializeToString()
+
+
+CALL_KEY = "(session call)"
+"""The ``runtime_nodes`` entry for what a ``run`` call costs besides the model's nodes."""
+
+
+def call_shell_model(feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> bytes | None:
+    """A model with the measured model's inputs and outputs and no node: each output is an
+    initializer of its shape and dtype.  A run of it costs what a ``run`` call of the model
+    costs besides its nodes (the feeds checked and wrapped, the outputs made and handed back as
+    numpy arrays): time in no layer, and in no profiler event, that the plain end-to-end run
+    holds (about 18 µs a call here, 13 % of the demo MLP's run).  None when an input or output is
+    no numeric tensor (a sequence, a map, strings)."""
+    arrays = {**feeds, **outputs}
+    if not all(isinstance(a, np.ndarray) and a.dtype.kind in "biuf" for a in arrays.values()):
+        return None
+    if set(feeds) & set(outputs):
+        return None  # an input passed straight through: no room for an initializer of that name
+    try:
+        graph = helper.make_graph(
+            [], "session_call_shell",
+            [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+             for k, a in feeds.items()],
+            [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+             for k, a in outputs.items()],
+            [numpy_helper.from_array(a.copy(order="C"), k) for k, a in outputs.items()])  # copy: keeps a 0-d scalar 0-d
+    except (KeyError, TypeError, ValueError):
+        return None
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = min(model.ir_version, 8)
     return model.SerializeToString()
