@@ -73,8 +73,8 @@ def _big(n: int, spec: str) -> tuple[LoadedModel, MetricsTable]:
     return LoadedModel(graph, "onnx", spec), MetricsTable({"macs": macs, "params": {lay.name: 0.0 for lay in layers}})
 
 
-def test_a_big_graphs_numbers_reach_every_panel_and_every_dock_paints_again(qtbot) -> None:
-    models = {spec: _big(STAGGER_MIN_LAYERS + 50, spec) for spec in ("big.onnx", "other.onnx")}
+def _window(qtbot, models: dict[str, tuple[LoadedModel, MetricsTable]]) -> MainWindow:
+    """A shown main window whose session opens ``models`` (spec -> model and its numbers)."""
 
     def open_fn(spec, *, trust=False, latency=True, progress, publish):
         loaded, metrics = models[spec]
@@ -84,6 +84,12 @@ def test_a_big_graphs_numbers_reach_every_panel_and_every_dock_paints_again(qtbo
     qtbot.addWidget(w)
     w.show()
     qtbot.waitExposed(w)
+    return w
+
+
+def test_a_big_graphs_numbers_reach_every_panel_and_every_dock_paints_again(qtbot) -> None:
+    models = {spec: _big(STAGGER_MIN_LAYERS + 50, spec) for spec in ("big.onnx", "other.onnx")}
+    w = _window(qtbot, models)
     w.set_metric("macs")
     held = []
     w.session.sig_metrics_changed.connect(lambda _m: held.append(w._pacer.is_holding()))
@@ -104,16 +110,7 @@ def test_a_big_graphs_numbers_reach_every_panel_and_every_dock_paints_again(qtbo
 
 def test_a_small_graphs_docks_are_never_held(qtbot) -> None:
     # held docks would show blank until released; a small graph's paints are short enough at once
-    models = {"small.onnx": _big(20, "small.onnx")}
-
-    def open_fn(spec, *, trust=False, latency=True, progress, publish):
-        loaded, metrics = models[spec]
-        publish(pipeline.Opened(spec, loaded, metrics))
-
-    w = MainWindow(ModelSession(open_fn=open_fn))
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitExposed(w)
+    w = _window(qtbot, {"small.onnx": _big(20, "small.onnx")})
     held = []
     w.session.sig_model_changed.connect(lambda _g: held.append(w._pacer.is_holding()))
     w.session.sig_metrics_changed.connect(lambda _m: held.append(w._pacer.is_holding()))
