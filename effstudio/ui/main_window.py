@@ -57,6 +57,7 @@ from effstudio.ui.workers import TaskRunner
 OPEN_FILTER = "Models (*.onnx *.pt2 *.pt *.ts);;ONNX (*.onnx);;PyTorch (*.pt2 *.pt *.ts);;All files (*)"
 MODEL_SUFFIXES = (".onnx", ".pt2", ".pt", ".ts", ".pth")
 TRUST_BUTTON = "Trust and open"
+GRAPH_MIN_WIDTH = 320  # px the graph view keeps when the window is narrow
 MODEL_HOLD_MS = 300  # longest a new graph's docks wait for its numbers and its drawing before they paint
 
 
@@ -98,6 +99,8 @@ class MainWindow(QMainWindow):
         self.graph_view = view_cls(self.selection, self) if view_cls is not None else None
         if self.graph_view is not None:
             self._use_toolbar_search_for_graph()
+            # the docks give way before the graph does: at 800 px the graph was squeezed to 68 px
+            self.graph_view.setMinimumWidth(GRAPH_MIN_WIDTH)
             self.setCentralWidget(self.graph_view)
             self.tree_dock = self._dock("Module tree", "dock_module_tree", self.module_tree,
                                         Qt.DockWidgetArea.LeftDockWidgetArea)

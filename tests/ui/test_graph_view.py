@@ -94,6 +94,8 @@ def test_switching_metric_recolors_and_colorbar_follows(qtbot, view):
     view.set_metric(p, "Parameters", "")
     fills_p = {i: view.node_fill(i).name() for i in ids(view)}
     assert view.colorbar.isVisible()
+    # the legend has its own strip under the graph: it covers no node
+    assert not view.colorbar.geometry().intersects(view.view.geometry())
     lo, _, hi = view.colorbar.labels()
     assert lo == "0" and hi == "6.91 k"  # 3 × 2304 params of blocks.2.conv
     assert view.node_fill("blocks.2.conv") == view.scale.lut[-1]  # the biggest: top of the map

@@ -1,4 +1,4 @@
-"""The colorbar legend overlaid on the graph: metric, scale, min/mid/max with units, n/a swatch."""
+"""The colorbar legend in a strip under the graph: metric, scale, min/mid/max with units, n/a swatch."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from PySide6.QtWidgets import QWidget
 
 from effstudio.ui import numbers
 from effstudio.ui.graph.colors import UNKNOWN_FILL, ColorScale
+
+PAD = 4  # around the legend's box, in its strip under the graph
 
 
 class ColorBar(QWidget):
@@ -23,7 +25,7 @@ class ColorBar(QWidget):
         self.setFixedSize(self.sizeHint())
 
     def sizeHint(self) -> QSize:
-        return QSize(300, 64)
+        return QSize(300 + 2 * PAD, 64 + 2 * PAD)
 
     def set_scale(self, scale: ColorScale | None, title: str, unit: str, unknown: int) -> None:
         self.scale, self.title, self.unit, self.unknown = scale, title, unit, unknown
@@ -46,12 +48,15 @@ class ColorBar(QWidget):
             return
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        p.translate(PAD, PAD)
+        width = self.width() - 2 * PAD
+        box = QRectF(0, 0, width, self.height() - 2 * PAD)
         pal = self.palette()
         bg = QColor(pal.window().color())
         bg.setAlpha(230)
         p.setPen(QPen(pal.mid().color(), 1))
         p.setBrush(bg)
-        p.drawRoundedRect(QRectF(self.rect()).adjusted(0.5, 0.5, -0.5, -0.5), 6, 6)
+        p.drawRoundedRect(box.adjusted(0.5, 0.5, -0.5, -0.5), 6, 6)
         fg = pal.windowText().color()
         small = QFont(self.font())
         small.setPointSizeF(max(6.5, self.font().pointSizeF() * 0.85))
@@ -60,12 +65,12 @@ class ColorBar(QWidget):
         p.setPen(fg)
         p.setFont(bold)
         scale_name = "log scale" if s.log else "linear"
-        head = QRectF(8, 3, self.width() - 16, 18)
+        head = QRectF(8, 3, width - 16, 18)
         p.drawText(head, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, self.title)
         p.setFont(small)
         p.drawText(head, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, scale_name)
         na_w = 44 if self.unknown else 0
-        bar = QRectF(8, 23, self.width() - 16 - na_w, 14)
+        bar = QRectF(8, 23, width - 16 - na_w, 14)
         if not s.empty:
             grad = QLinearGradient(bar.left(), 0, bar.right(), 0)
             n = len(s.lut)
@@ -87,7 +92,7 @@ class ColorBar(QWidget):
                         Qt.AlignmentFlag.AlignRight: x - w}[align]
                 p.drawText(QRectF(left, bar.bottom() + 3, w, 18), align | Qt.AlignmentFlag.AlignTop, text)
         if self.unknown:
-            sw = QRectF(self.width() - 8 - na_w + 6, 23, na_w - 6, 14)
+            sw = QRectF(width - 8 - na_w + 6, 23, na_w - 6, 14)
             p.setPen(QPen(pal.mid().color(), 1))
             p.setBrush(UNKNOWN_FILL)
             p.drawRect(sw)

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QFrame,
     QGraphicsScene,
     QGraphicsView,
+    QHBoxLayout,
     QLabel,
     QToolTip,
     QVBoxLayout,
@@ -253,13 +254,21 @@ class GraphView(QWidget):
         self.view.setScene(self.scene)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
         lay.addWidget(self.view)
+        # the legend gets a strip of its own under the graph (no height while hidden): floating
+        # over the view it hid the nodes of a tall, narrow graph in a narrow window
+        self.colorbar = ColorBar(self)
+        self.colorbar.hide()
+        legend_row = QHBoxLayout()
+        legend_row.setContentsMargins(0, 0, 0, 0)
+        legend_row.addStretch(1)
+        legend_row.addWidget(self.colorbar)
+        lay.addLayout(legend_row)
 
         self.search_box = SearchBox(self)
         self.search_box.sig_search.connect(self.search)
         self.search_box.sig_cleared.connect(self.view.setFocus)
-        self.colorbar = ColorBar(self)
-        self.colorbar.hide()
         self.minimap = Minimap(self)
         self.minimap.sig_center_on.connect(self._center_on_point)
         self.minimap.hide()
@@ -845,13 +854,12 @@ class GraphView(QWidget):
         m = 10
         self.search_box.adjustSize()
         self.search_box.move(m, m)
-        cb = self.colorbar
-        cb.move(self.width() - cb.width() - m, self.height() - cb.height() - m)
-        self.minimap.move(m, self.height() - self.minimap.height() - m)
+        below = self.height() - self.view.geometry().bottom() - 1  # the legend's strip, when shown
+        self.minimap.move(m, self.height() - below - self.minimap.height() - m)
         self.busy.adjustSize()
         self.busy.move((self.width() - self.busy.width()) // 2, (self.height() - self.busy.height()) // 2)
         self.message.setGeometry(0, 0, self.width(), self.height())
-        for w in (self.search_box, self.colorbar, self.minimap, self.busy):
+        for w in (self.search_box, self.minimap, self.busy):
             w.raise_()
 
     def _apply_palette(self) -> None:
