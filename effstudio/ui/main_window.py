@@ -394,13 +394,10 @@ class MainWindow(QMainWindow):
 
     def _apply_metric(self) -> None:
         key = self.current_metric
-        info = METRICS[key]
         log = self.actions_by_id["log_scale"].isChecked()
         self.table.sort_by(key, descending=True)
         self.chart.set_view(key, log, self.session.metrics)
-        if self.graph_view is not None:
-            values = self.session.metrics.column(key)
-            self.graph_view.set_metric(dict(values), info.label, info.unit, log=log)
+        self._color_graph(self.session.metrics, log)
 
     def set_log_scale(self, on: bool) -> None:
         self.settings.log_scale = bool(on)

@@ -4,13 +4,13 @@ lower CPU priority for it.  Never asserts a wall-clock value."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from processes import measuring_children, pid_exists
 
 from effstudio.core.errors import EffstudioError
 from effstudio.core.latency import RUNTIME_KEY, measure_latency
@@ -50,16 +50,6 @@ def mlp(tmp_path_factory):
     return load_onnx(path, inputs={}, progress=Progress())
 
 
-def _measuring_children() -> list[multiprocessing.Process]:
-    return [p for p in multiprocessing.active_children() if p.name == "effstudio-latency"]
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_child_process_gives_the_numbers_the_in_process_measurement_gives(mlp) -> None:
@@ -73,7 +63,7 @@ def test_child_process_gives_the_numbers_the_in_process_measurement_gives(mlp) -
     assert set(there.per_layer_ms) - {RUNTIME_KEY} <= set(mlp.graph.names())
     assert there.latency_sum_ratio is not None and there.latency_sum_ratio > 0
     assert there.environment["threads"] == 1 and there.method.startswith("median of 3 runs")
-    assert _measuring_children() == []
+    assert measuring_children() == []
 
 
 def test_progress_comes_from_the_child_and_a_cancel_ends_it(mlp) -> None:
@@ -85,7 +75,7 @@ def test_progress_comes_from_the_child_and_a_cancel_ends_it(mlp) -> None:
     def on_progress(fraction: float, message: str) -> None:
         seen.append((fraction, message))
         if "timing end to end" in message and not progress.cancelled:
-            children.extend(p.pid for p in _measuring_children())
+            children.extend(p.pid for p in measuring_children())
             nice.extend(os.getpriority(os.PRIO_PROCESS, pid) for pid in children)
             progress.cancel()
 
@@ -97,13 +87,13 @@ def test_progress_comes_from_the_child_and_a_cancel_ends_it(mlp) -> None:
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions)
     assert len(children) == 1 and nice == [max(CHILD_NICE, os.getpriority(os.PRIO_PROCESS, 0))]
-    assert not _exists(children[0]) and _measuring_children() == []  # terminated and reaped
+    assert not pid_exists(children[0]) and measuring_children() == []  # terminated and reaped
 
 
 def test_the_childs_error_reaches_the_caller(mlp) -> None:
     with pytest.raises(EffstudioError, match="no input data for model input 'x'"):
         measure_latency_isolated(mlp, runs=1, inputs={"other": np.zeros(1, np.float32)})
-    assert _measuring_children() == []
+    assert measuring_children() == []
 
 
 def test_an_edited_model_is_written_out_for_the_child(mlp) -> None:
@@ -117,9 +107,9 @@ def test_an_edited_model_is_written_out_for_the_child(mlp) -> None:
 def test_a_process_started_ahead_measures_once_and_an_unused_one_is_ended(mlp) -> None:
     ahead = MeasuringProcess()
     r = measure_latency_isolated(mlp, runs=2, threads=1, process=ahead)
-    assert r.e2e_ms["runs"] == 2 and not _exists(ahead.pid)  # used once, then ended
+    assert r.e2e_ms["runs"] == 2 and not pid_exists(ahead.pid)  # used once, then ended
     unused = MeasuringProcess()
-    assert _exists(unused.pid) and [p.pid for p in _measuring_children()] == [unused.pid]
+    assert pid_exists(unused.pid) and [p.pid for p in measuring_children()] == [unused.pid]
     unused.close()
     unused.close()  # twice is fine
-    assert not _exists(unused.pid) and _measuring_children() == []
+    assert not pid_exists(unused.pid) and measuring_children() == []

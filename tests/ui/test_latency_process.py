@@ -3,13 +3,11 @@ the layer table and the status bar; Cancel ends the child and the window goes on
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from processes import measuring_children, pid_exists
 from PySide6.QtWidgets import QMessageBox
 
 from effstudio.ui.main_window import MainWindow
@@ -56,16 +54,6 @@ def window(qtbot, monkeypatch):
     w.close()
 
 
-def _children() -> list[multiprocessing.Process]:
-    return [p for p in multiprocessing.active_children() if p.name == "effstudio-latency"]
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _latency_cells(w: MainWindow) -> dict[str, str]:
@@ -81,7 +69,7 @@ def test_latency_from_the_child_reaches_the_table_and_status_bar(qtbot, window, 
     window.open_spec(mlp_path)
     qtbot.waitUntil(lambda: window.session.latency_state in ("done", "failed", "cancelled"), timeout=90_000)
     assert states[-1] == "done", (states, window.errors, window.status.latency_label.toolTip())
-    assert _children() == []  # the measuring process is gone once its numbers are in
+    assert measuring_children() == []  # the measuring process is gone once its numbers are in
     measured = window.session.metrics.column("latency_ms")
     assert set(measured) <= {"fc1", "relu", "fc2"} and measured  # keyed by the model's layers
     cells = _latency_cells(window)
@@ -100,13 +88,13 @@ def test_cancel_ends_the_measuring_process_and_the_window_goes_on(qtbot, window,
     # wait until the child runs the model (its own progress messages come through)
     qtbot.waitUntil(lambda: any(m.startswith(("warming up", "timing end to end")) for m in messages),
                     timeout=60_000)
-    kids = _children()
+    kids = measuring_children()
     assert len(kids) == 1
     pid = kids[0].pid
     window.cancel_tasks()
     qtbot.waitUntil(lambda: window.session.latency_state == "cancelled" and not window.session.is_busy(),
                     timeout=30_000)
-    assert not _exists(pid) and _children() == []
+    assert not pid_exists(pid) and measuring_children() == []
     assert "cancelled" in window.status.latency_label.text()
     assert window.session.metrics.column("macs")  # the static numbers stay
     # the window still works: another model opens and is measured, its numbers in the table

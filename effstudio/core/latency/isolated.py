@@ -34,6 +34,7 @@ from effstudio.core.model import LoadedModel
 from effstudio.core.progress import Progress
 
 CHILD_NICE = 10  # the measuring process's niceness: the GUI's threads are scheduled first
+PROCESS_NAME = "effstudio-latency"  # the measuring child, as multiprocessing names it
 POLL_S = 0.05  # how often the calling thread looks for progress and for a cancel
 PROGRESS_INTERVAL_S = 0.05  # the child sends at most ~20 progress messages a second
 STOP_WAIT_S = 2.0  # after a cancel: how long the child may take to end on SIGTERM before SIGKILL
@@ -87,7 +88,7 @@ class MeasuringProcess:
     def __init__(self, nice: int = CHILD_NICE) -> None:
         ctx = multiprocessing.get_context("spawn")  # forking a process that runs Qt threads is unsafe
         self._conn, child_end = ctx.Pipe()
-        self._proc = ctx.Process(target=_child_main, args=(child_end, nice), name="effstudio-latency",
+        self._proc = ctx.Process(target=_child_main, args=(child_end, nice), name=PROCESS_NAME,
                                  daemon=True)
         self._proc.start()
         child_end.close()  # EOF on our end once the child is gone
