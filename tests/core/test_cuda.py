@@ -22,6 +22,34 @@ def test_torch_latency_on_cuda() -> None:
     assert result.device.startswith("cuda")
     assert result.e2e_ms["median"] > 0
     assert result.per_layer_ms, "per-layer times on CUDA"
+    assert result.latency_sum_ratio is not None
+    print(f"cnn on {result.environment.get('gpu')}: e2e {result.e2e_ms['median']:.3f} ms, "
+          f"sum/e2e {result.latency_sum_ratio:.2f}")
+
+
+@pytest.mark.gpu
+def test_cuda_clock_times_the_kernels_not_their_launches() -> None:
+    import time
+
+    import torch
+
+    from effstudio.core.latency.clock import CudaClock
+
+    clock = CudaClock()
+    a = torch.randn(4096, 4096, device="cuda")
+    torch.cuda.synchronize()
+    for _ in range(2):
+        start = clock.mark()
+        t0 = time.perf_counter_ns()
+        for _ in range(10):
+            a @ a
+        end = clock.mark()
+        launch_ns = time.perf_counter_ns() - t0
+        clock.settle()
+        # 10 fp32 4096³ products are ~1.4 TFLOP: the kernels outlast their asynchronous launches
+        assert clock.ns(start, end) > launch_ns > 0
+        clock.reset()
+    assert len(clock._pool) == 2  # the events are reused run after run
 
 
 @pytest.mark.gpu

@@ -353,10 +353,11 @@ def test_time_runs_interleaves_untimed_runs() -> None:
 
 
 def test_hook_cost_is_taken_out_of_the_parents() -> None:
+    from effstudio.core.latency.clock import Clock
     from effstudio.core.latency.torch_latency import _HookRuns
 
     net = nn.Sequential(nn.ReLU(), nn.ReLU())
-    hooks = _HookRuns(net, None)
+    hooks = _HookRuns(net, Clock(), None)
     x = torch.zeros(4)
     with torch.inference_mode():
         for _ in range(3):
@@ -375,12 +376,63 @@ def test_hook_cost_is_taken_out_of_the_parents() -> None:
     assert hooks.module_ms(0.020)[""] == 0.0  # never negative
 
 
+class _TickClock:
+    """Marks are ticks of 1 µs, readable only after settle (as CUDA events are)."""
+
+    device = "fake"
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.settled = False
+        self.resets = 0
+
+    def mark(self) -> int:
+        self.ticks += 1
+        self.settled = False
+        return self.ticks
+
+    def settle(self) -> None:
+        self.settled = True
+
+    def ns(self, start: int, end: int) -> int:
+        assert self.settled, "an interval was read before the clock settled"
+        return (end - start) * 1000
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
+def test_call_tree_reads_deferred_marks_after_the_run() -> None:
+    from effstudio.core.latency.torch_latency import _HookRuns
+
+    net = nn.Sequential(nn.ReLU(), nn.Sequential(nn.ReLU(), nn.ReLU()))
+    clock = _TickClock()
+    hooks = _HookRuns(net, clock, None)
+    with torch.inference_mode():
+        hooks.run(lambda: net(torch.zeros(2)))
+    # marks: root 1, "0" 2-3, "1" 4, "1.0" 5-6, "1.1" 7-8, "1" 9, root 10
+    assert hooks.self_ns[0] == {"": 9000 - 1000 - 5000, "0": 1000, "1": 5000 - 2000, "1.0": 1000, "1.1": 1000}
+    assert hooks.child_calls[0] == {"": 2, "1": 2} and hooks.calls == [5]
+    assert sum(hooks.self_ns[0].values()) == 9000  # self times tile the root's interval
+    assert clock.resets >= 1  # the marks' resources are given back after each run
+
+
+def test_fx_node_times_use_the_clock() -> None:
+    from effstudio.core.latency.fx_timing import fx_node_times
+
+    gm = torch.fx.symbolic_trace(nn.Sequential(nn.ReLU(), nn.Tanh()))
+    clock = _TickClock()
+    ms = fx_node_times(gm, {"input": torch.zeros(2)}, 3, Progress(), clock)
+    assert ms == pytest.approx({"_0": 0.001, "_1": 0.001})
+
+
 def test_transformer_layer_is_timed_without_hooks_so_its_fast_path_stays_on() -> None:
+    from effstudio.core.latency.clock import Clock
     from effstudio.core.latency.torch_latency import _HookRuns
 
     enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), 2,
                                 enable_nested_tensor=False).eval()
-    hooks = _HookRuns(enc, None)
+    hooks = _HookRuns(enc, Clock(), None)
     assert hooks.tree.opaque == {"layers.0", "layers.1"}
     hooks.tree.attach()
     for m in enc.layers[0].modules():  # the fast path turns off if any of these has a hook

@@ -10,11 +10,11 @@ each node maps to its layer through ``LayerGraph.producers()``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from effstudio.core.latency import stats
+from effstudio.core.latency.clock import Clock
 from effstudio.core.progress import Progress
 
 _TIMED_OPS = ("call_function", "call_module", "call_method")
@@ -32,24 +32,27 @@ def _flat_args(gm: Any, kwargs: Mapping[str, Any]) -> list[Any]:
 
 
 def fx_node_times(gm: Any, kwargs: Mapping[str, Any], runs: int, progress: Progress,
-                  sync: Any = None) -> dict[str, float]:
+                  clock: Clock | None = None) -> dict[str, float]:
     """ms per FX node name over ``runs`` interpreted runs (after a warm-up): its mean over the
-    typical runs (:func:`.stats.typical_breakdown`), so that the nodes add up to a typical run."""
+    typical runs (:func:`.stats.typical_breakdown`), so that the nodes add up to a typical run.
+
+    ``clock`` marks each node's start and end (CUDA events on a GPU: no synchronize between
+    nodes, one after the run)."""
     import torch
+
+    clock = clock or Clock()
 
     class _Timed(torch.fx.Interpreter):
         def __init__(self) -> None:
             super().__init__(gm)
-            self.times: dict[str, int] = {}
+            self.marks: list[tuple[str, Any, Any]] = []
 
         def run_node(self, n: torch.fx.Node) -> Any:
             if n.op not in _TIMED_OPS:
                 return super().run_node(n)
-            t0 = time.perf_counter_ns()
+            start = clock.mark()
             out = super().run_node(n)
-            if sync is not None:
-                sync()
-            self.times[n.name] = self.times.get(n.name, 0) + time.perf_counter_ns() - t0
+            self.marks.append((n.name, start, clock.mark()))
             return out
 
     args = _flat_args(gm, kwargs)
@@ -57,9 +60,14 @@ def fx_node_times(gm: Any, kwargs: Mapping[str, Any], runs: int, progress: Progr
     per_run: list[dict[str, float]] = []
 
     def run() -> None:
-        interp.times = {}
+        interp.marks = []
         interp.run(*args)
-        per_run.append(interp.times)
+        clock.settle()
+        times: dict[str, int] = {}
+        for name, start, end in interp.marks:
+            times[name] = times.get(name, 0) + clock.ns(start, end)
+        clock.reset()
+        per_run.append(times)
 
     stats.warm_up(run, progress, "warming up the node-by-node run")
     per_run.clear()

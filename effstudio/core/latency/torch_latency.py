@@ -43,6 +43,7 @@ import numpy as np
 
 from effstudio.core.errors import EffstudioError
 from effstudio.core.latency import stats
+from effstudio.core.latency.clock import Clock, clock_for
 from effstudio.core.latency.environment import environment
 from effstudio.core.latency.fx_timing import fx_node_times, layer_times
 from effstudio.core.latency.result import RUNTIME_KEY, LatencyResult, add_times, in_graph_order, split_time
@@ -85,6 +86,7 @@ def measure_torch(loaded: LoadedModel, *, device: str, threads: int, plan: stats
 
     dev = _device(device)
     sync: Callable[[], None] | None = torch.cuda.synchronize if dev.type == "cuda" else None
+    clock = clock_for(dev.type)
     module = loaded.torch_module
     moved = dev.type != "cpu"
     if moved:
@@ -92,7 +94,7 @@ def measure_torch(loaded: LoadedModel, *, device: str, threads: int, plan: stats
     kwargs = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in inputs.items()}
     try:
         with _threads(threads), torch.inference_mode():
-            hooks = _HookRuns(module, sync) if per_layer and _hookable(module) else None
+            hooks = _HookRuns(module, clock, sync) if per_layer and _hookable(module) else None
             e2e_part = progress.sub(0.0, 0.5 if per_layer else 1.0)
 
             def plain() -> None:
@@ -115,7 +117,7 @@ def measure_torch(loaded: LoadedModel, *, device: str, threads: int, plan: stats
                 environment=environment("torch", device, threads, **_torch_env(dev)),
                 method=f"median of {e2e['runs']} runs (p10–p90, CV)")
             if per_layer:
-                _per_layer(loaded, module, kwargs, times, hooks, flops, sync, progress.sub(0.5, 1.0), result)
+                _per_layer(loaded, module, kwargs, times, hooks, flops, clock, progress.sub(0.5, 1.0), result)
     finally:
         if moved:
             module.to("cpu")
@@ -178,15 +180,17 @@ def _wrap_forward(m, pre, post) -> _Unwrap:
 
 class _CallTree:
     """Forward pre/post hooks on every module that accumulate, per run, each module's self time
-    (ns), how often it was called and how many child-module calls it made."""
+    (ns), how often it was called and how many child-module calls it made.
 
-    def __init__(self, module, sync: Callable[[], None] | None) -> None:
-        self.self_ns: dict[str, int] = {}
-        self.calls: dict[str, int] = {}
-        self.child_calls: dict[str, int] = {}
+    The hooks only take marks of the :class:`~.clock.Clock` (host clock or CUDA events) and
+    note the call; the arithmetic waits for :meth:`take`, after the run, when CUDA events
+    have times."""
+
+    def __init__(self, module, clock: Clock) -> None:
         self.last_calls = 0  # module calls in the run last taken
-        self._stack: list[list] = []  # [name, start_ns, children_ns]
-        self._sync = sync
+        self._records: list[list] = []  # [name, start mark, end mark or None, parent record index]
+        self._stack: list[int] = []  # indices of the records of the modules running now
+        self._clock = clock
         self._handles: list = []
         self.opaque = opaque_modules(module)
         self._hooks = [(m, name, self._pre(name), self._post(name)) for name, m in module.named_modules()
@@ -205,34 +209,39 @@ class _CallTree:
 
     def _pre(self, name: str):
         def hook(_m, _args):
-            if self._sync is not None:
-                self._sync()
-            self._stack.append([name, time.perf_counter_ns(), 0])
+            parent = self._stack[-1] if self._stack else None
+            self._stack.append(len(self._records))
+            self._records.append([name, self._clock.mark(), None, parent])
         return hook
 
     def _post(self, name: str):
         def hook(_m, _args, _out):
-            if self._sync is not None:
-                self._sync()
-            end = time.perf_counter_ns()
-            if not self._stack or self._stack[-1][0] != name:
+            end = self._clock.mark()
+            if not self._stack or self._records[self._stack[-1]][0] != name:
                 return  # a hook fired out of order (an exception unwound the stack): ignore it
-            _, start, children = self._stack.pop()
-            total = end - start
-            self.self_ns[name] = self.self_ns.get(name, 0) + total - children
-            self.calls[name] = self.calls.get(name, 0) + 1
-            if self._stack:
-                parent = self._stack[-1]
-                parent[2] += total
-                self.child_calls[parent[0]] = self.child_calls.get(parent[0], 0) + 1
+            self._records[self._stack.pop()][2] = end
         return hook
 
     def take(self) -> tuple[dict[str, int], dict[str, int]]:
         """This run's (self time in ns, child-module calls) per module; resets."""
-        out = (self.self_ns, self.child_calls)
-        self.last_calls = sum(self.calls.values())
-        self.self_ns, self.calls, self.child_calls, self._stack = {}, {}, {}, []
-        return out
+        self._clock.settle()
+        records, self._records, self._stack = self._records, [], []
+        totals = [None if end is None else self._clock.ns(start, end) for _, start, end, _ in records]
+        self_ns: dict[str, int] = {}
+        child_calls: dict[str, int] = {}
+        calls = 0
+        for (name, _, _, parent), total in zip(records, totals, strict=True):
+            if total is None:
+                continue
+            calls += 1
+            self_ns[name] = self_ns.get(name, 0) + total
+            if parent is not None and totals[parent] is not None:
+                pname = records[parent][0]
+                self_ns[pname] = self_ns.get(pname, 0) - total
+                child_calls[pname] = child_calls.get(pname, 0) + 1
+        self._clock.reset()
+        self.last_calls = calls
+        return self_ns, child_calls
 
     def remove(self) -> None:
         for h in self._handles:
@@ -246,8 +255,8 @@ class _HookRuns:
     The hooks are attached only for these runs, so that plain end-to-end runs can alternate with
     them, and the hooks' own cost can be measured as the difference of the two."""
 
-    def __init__(self, module, sync: Callable[[], None] | None) -> None:
-        self.tree = _CallTree(module, sync)
+    def __init__(self, module, clock: Clock, sync: Callable[[], None] | None) -> None:
+        self.tree = _CallTree(module, clock)
         self.tree.remove()
         self.self_ns: list[dict[str, int]] = []
         self.child_calls: list[dict[str, int]] = []
@@ -296,7 +305,7 @@ class _HookRuns:
 
 
 def _per_layer(loaded: LoadedModel, module, kwargs, times: Sequence[float], hooks: _HookRuns | None,
-               flops: Mapping[str, float] | None, sync: Callable[[], None] | None, progress: Progress,
+               flops: Mapping[str, float] | None, clock: Clock, progress: Progress,
                result: LatencyResult) -> None:
     import torch
 
@@ -306,7 +315,7 @@ def _per_layer(loaded: LoadedModel, module, kwargs, times: Sequence[float], hook
         result.method += "; per layer: not available for TorchScript (no module hooks, no FX graph)"
         return
     if hooks is None:  # ExportedProgram.module(): a flat GraphModule, no module calls
-        node_ms = fx_node_times(module, kwargs, n, progress, sync)
+        node_ms = fx_node_times(module, kwargs, n, progress, clock)
         per_layer, unmapped = layer_times(node_ms, producers)
         if unmapped:
             per_layer[RUNTIME_KEY] = sum(unmapped.values())
@@ -324,9 +333,9 @@ def _per_layer(loaded: LoadedModel, module, kwargs, times: Sequence[float], hook
         if loaded.exported is not None:
             # how a module's own time divides among its ops: measured on the exported graph
             gm = loaded.exported.module()
-            if sync is not None:
+            if clock.device != "cpu":
                 gm.to(next(iter(kwargs.values())).device)
-            node_ms = fx_node_times(gm, kwargs, min(n, FX_SPLIT_RUNS), progress, sync)
+            node_ms = fx_node_times(gm, kwargs, min(n, FX_SPLIT_RUNS), progress, clock)
             measured = layer_times(node_ms, producers)[0]
         assign_modules(loaded, module_ms, measured, flops, result, frozenset(hooks.tree.opaque))
         result.per_layer_runs = len(hooks)
