@@ -42,4 +42,4 @@ models=mlp,cnn,mobilenetv2,resnet,transformer,lstm,resnet50,mobilenet_v2,bert_ba
 [ "${1:-}" = quick ] && models=cnn,resnet50
 echo "== per-layer sums on CUDA (torch form)"
 python3 tests/benchmarks/bench_latency_overhead.py --device cuda --forms torch --clock events,sync \
-  --models "$models" --repeats 3 --budget 0.3 2>--repeats 3 --budget 0.5 2>&11 | tee "$OUT/bench_cuda.log" | grep -v -i "warn\|next(self.gen)"
+  --models "$models" --repeats 3 --budget 0.3 2>&1 | tee "$OUT/bench_cuda.log" | grep -v -i "warn\|next(self.gen)"

@@ -354,7 +354,7 @@ def test_time_runs_interleaves_untimed_runs() -> None:
 
 def test_hook_cost_is_taken_out_of_the_parents() -> None:
     from effstudio.core.latency.clock import Clock
-    from effstudio.core.latency.torch_latency import _HookRuns
+    from effstudio.core.latency.torch_hooks import HookRuns as _HookRuns
 
     net = nn.Sequential(nn.ReLU(), nn.ReLU())
     hooks = _HookRuns(net, Clock(), None)
@@ -403,7 +403,7 @@ class _TickClock:
 
 
 def test_call_tree_reads_deferred_marks_after_the_run() -> None:
-    from effstudio.core.latency.torch_latency import _HookRuns
+    from effstudio.core.latency.torch_hooks import HookRuns as _HookRuns
 
     net = nn.Sequential(nn.ReLU(), nn.Sequential(nn.ReLU(), nn.ReLU()))
     clock = _TickClock()
@@ -413,8 +413,21 @@ def test_call_tree_reads_deferred_marks_after_the_run() -> None:
     # marks: root 1, "0" 2-3, "1" 4, "1.0" 5-6, "1.1" 7-8, "1" 9, root 10
     assert hooks.self_ns[0] == {"": 9000 - 1000 - 5000, "0": 1000, "1": 5000 - 2000, "1.0": 1000, "1.1": 1000}
     assert hooks.child_calls[0] == {"": 2, "1": 2} and hooks.calls == [5]
+    assert hooks.own_calls[0] == {"": 1, "0": 1, "1": 1, "1.0": 1, "1.1": 1}
     assert sum(hooks.self_ns[0].values()) == 9000  # self times tile the root's interval
     assert clock.resets >= 1  # the marks' resources are given back after each run
+    # 1 µs of hook cost per call, 40 % of it inside each module's own window, 60 % in its parent's
+    ms = hooks.module_ms(0.001, inside=0.4)
+    assert ms == pytest.approx({"": 0.003 - 0.0004 - 2 * 0.0006, "0": 0.0006, "1": 0.003 - 0.0004 - 2 * 0.0006,
+                                "1.0": 0.0006, "1.1": 0.0006})
+
+
+def test_inside_share_is_measured_on_no_op_modules() -> None:
+    from effstudio.core.latency.clock import Clock
+    from effstudio.core.latency.torch_hooks import inside_share
+
+    share = inside_share(Clock(), None, torch.device("cpu"))
+    assert 0.0 < share <= 1.0  # an Identity's window holds some of the hook machinery, never more than all
 
 
 def test_fx_node_times_use_the_clock() -> None:
@@ -428,7 +441,7 @@ def test_fx_node_times_use_the_clock() -> None:
 
 def test_transformer_layer_is_timed_without_hooks_so_its_fast_path_stays_on() -> None:
     from effstudio.core.latency.clock import Clock
-    from effstudio.core.latency.torch_latency import _HookRuns
+    from effstudio.core.latency.torch_hooks import HookRuns as _HookRuns
 
     enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), 2,
                                 enable_nested_tensor=False).eval()

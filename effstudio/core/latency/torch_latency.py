@@ -8,10 +8,11 @@ times add up to the end-to-end time — measured on the very module the user run
 such as ``nn.TransformerEncoderLayer``'s included) — once three things are taken care of:
 
 - the hooks cost 3–7 µs per module call (25 % of a 0.2 ms MLP of 8 modules): measured on the
-  model itself as the median hooked run less the median plain run, it is taken out of the
-  parents' self times (where the dispatch around a child's window lands) and reported as
-  ``overhead_ms``.  (Measured on a chain of ``nn.Identity`` instead it came out ~40 % low:
-  hook code runs colder between real kernels);
+  model itself as the median hooked run less the median plain run, it is taken out again and
+  reported as ``overhead_ms``.  Part of it lands inside the called module's own window (the
+  marks, the hook dispatch between them), the rest in its parent's self time (the hook code
+  around the child's window); the share inside is measured on a chain of ``nn.Identity`` with
+  the same clock (:func:`.torch_hooks.inside_share`);
 - a per-module median drops each module's slow runs while the median run keeps its one slow
   module, so on a busy machine the sum of medians fell to 0.2× the end-to-end median: a module
   gets its mean over the typical runs instead (:func:`.stats.typical_breakdown`);
@@ -19,7 +20,7 @@ such as ``nn.TransformerEncoderLayer``'s included) — once three things are tak
   (the hooks are attached for that run only);
 - ``nn.TransformerEncoderLayer`` leaves its fused fast path when it or a child has a hook
   (the ViT demo ran 1.17× slower hooked): it is timed whole through a ``forward`` wrapper, and
-  its time covers the layers of its subtree (:func:`opaque_modules`).
+  its time covers the layers of its subtree (:func:`.torch_hooks.opaque_modules`).
 
 A module with several layers shares its self time in proportion to its ops' times measured by running
 the exported FX graph node by node (:mod:`.fx_timing`); FLOPs only when that is unavailable.
@@ -27,6 +28,9 @@ the exported FX graph node by node (:mod:`.fx_timing`); FLOPs only when that is 
 more per op than a hook per module.  Self time of a module that made no layer (the
 ``nn.Sequential`` loop, an ``nn.Dropout`` that export removed) is Python overhead and goes to
 the ``(runtime)`` pseudo-layer.
+
+On CUDA the marks are CUDA events (:mod:`.clock`): a host clock there would time the
+asynchronous launches, and synchronizing at each boundary serializes launch and execution.
 
 A flat ``ExportedProgram.module()`` (``.pt2``) calls no submodules, so hooks see nothing: its
 ops are timed node by node directly.  TorchScript modules take no hooks: end to end only.
@@ -36,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -47,6 +50,7 @@ from effstudio.core.latency.clock import Clock, clock_for
 from effstudio.core.latency.environment import environment
 from effstudio.core.latency.fx_timing import fx_node_times, layer_times
 from effstudio.core.latency.result import RUNTIME_KEY, LatencyResult, add_times, in_graph_order, split_time
+from effstudio.core.latency.torch_hooks import HookRuns, inside_share
 from effstudio.core.model import LoadedModel
 from effstudio.core.progress import Progress
 
@@ -94,7 +98,7 @@ def measure_torch(loaded: LoadedModel, *, device: str, threads: int, plan: stats
     kwargs = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in inputs.items()}
     try:
         with _threads(threads), torch.inference_mode():
-            hooks = _HookRuns(module, clock, sync) if per_layer and _hookable(module) else None
+            hooks = HookRuns(module, clock, sync) if per_layer and _hookable(module) else None
             e2e_part = progress.sub(0.0, 0.5 if per_layer else 1.0)
 
             def plain() -> None:
@@ -139,172 +143,7 @@ def _torch_env(dev) -> dict:
     return out
 
 
-def opaque_modules(module) -> set[str]:
-    """Modules timed whole, through their ``forward`` rather than hooks: those whose fast path
-    any hook in them turns off (``nn.TransformerEncoderLayer`` checks for hooks on itself and its
-    children and falls back to the slow path; hooking it timed a different model)."""
-    import torch
-
-    return {name for name, m in module.named_modules() if isinstance(m, torch.nn.TransformerEncoderLayer)}
-
-
-class _Unwrap:
-    def __init__(self, m, saved) -> None:
-        self._m, self._saved = m, saved
-
-    def remove(self) -> None:
-        if self._saved is None:
-            del self._m.forward
-        else:
-            self._m.forward = self._saved
-
-
-def _wrap_forward(m, pre, post) -> _Unwrap:
-    """Time ``m`` by an instance-level ``forward`` wrapper calling the hook functions: no hook is
-    registered, so fast paths that look for hooks stay on."""
-    saved = m.__dict__.get("forward")
-    inner = saved if saved is not None else type(m).forward.__get__(m)
-
-    def forward(*args, **kwargs):
-        pre(m, args)
-        out = None
-        try:
-            out = inner(*args, **kwargs)
-        finally:
-            post(m, args, out)
-        return out
-
-    m.forward = forward
-    return _Unwrap(m, saved)
-
-
-class _CallTree:
-    """Forward pre/post hooks on every module that accumulate, per run, each module's self time
-    (ns), how often it was called and how many child-module calls it made.
-
-    The hooks only take marks of the :class:`~.clock.Clock` (host clock or CUDA events) and
-    note the call; the arithmetic waits for :meth:`take`, after the run, when CUDA events
-    have times."""
-
-    def __init__(self, module, clock: Clock) -> None:
-        self.last_calls = 0  # module calls in the run last taken
-        self._records: list[list] = []  # [name, start mark, end mark or None, parent record index]
-        self._stack: list[int] = []  # indices of the records of the modules running now
-        self._clock = clock
-        self._handles: list = []
-        self.opaque = opaque_modules(module)
-        self._hooks = [(m, name, self._pre(name), self._post(name)) for name, m in module.named_modules()
-                       if not any(name.startswith(o + ".") for o in self.opaque)]
-        self.attach()
-
-    def attach(self) -> None:
-        """Register the hooks (again); a few µs per module, outside any timed window."""
-        if not self._handles:
-            for m, name, pre, post in self._hooks:
-                if name in self.opaque:
-                    self._handles.append(_wrap_forward(m, pre, post))
-                    continue
-                self._handles.append(m.register_forward_pre_hook(pre))
-                self._handles.append(m.register_forward_hook(post, always_call=True))
-
-    def _pre(self, name: str):
-        def hook(_m, _args):
-            parent = self._stack[-1] if self._stack else None
-            self._stack.append(len(self._records))
-            self._records.append([name, self._clock.mark(), None, parent])
-        return hook
-
-    def _post(self, name: str):
-        def hook(_m, _args, _out):
-            end = self._clock.mark()
-            if not self._stack or self._records[self._stack[-1]][0] != name:
-                return  # a hook fired out of order (an exception unwound the stack): ignore it
-            self._records[self._stack.pop()][2] = end
-        return hook
-
-    def take(self) -> tuple[dict[str, int], dict[str, int]]:
-        """This run's (self time in ns, child-module calls) per module; resets."""
-        self._clock.settle()
-        records, self._records, self._stack = self._records, [], []
-        totals = [None if end is None else self._clock.ns(start, end) for _, start, end, _ in records]
-        self_ns: dict[str, int] = {}
-        child_calls: dict[str, int] = {}
-        calls = 0
-        for (name, _, _, parent), total in zip(records, totals, strict=True):
-            if total is None:
-                continue
-            calls += 1
-            self_ns[name] = self_ns.get(name, 0) + total
-            if parent is not None and totals[parent] is not None:
-                pname = records[parent][0]
-                self_ns[pname] = self_ns.get(pname, 0) - total
-                child_calls[pname] = child_calls.get(pname, 0) + 1
-        self._clock.reset()
-        self.last_calls = calls
-        return self_ns, child_calls
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-
-class _HookRuns:
-    """Hooked runs of an eager module: per run its modules' self times and child-module calls.
-
-    The hooks are attached only for these runs, so that plain end-to-end runs can alternate with
-    them, and the hooks' own cost can be measured as the difference of the two."""
-
-    def __init__(self, module, clock: Clock, sync: Callable[[], None] | None) -> None:
-        self.tree = _CallTree(module, clock)
-        self.tree.remove()
-        self.self_ns: list[dict[str, int]] = []
-        self.child_calls: list[dict[str, int]] = []
-        self.calls: list[int] = []
-        self.wall_ms: list[float] = []
-        self._sync = sync
-
-    def run(self, fn: Callable[[], object]) -> None:
-        self.tree.take()
-        self.tree.attach()
-        try:
-            t0 = time.perf_counter_ns()
-            fn()
-            if self._sync is not None:
-                self._sync()
-            wall = (time.perf_counter_ns() - t0) / 1e6
-        finally:
-            self.tree.remove()
-        own, children = self.tree.take()
-        self.self_ns.append(own)
-        self.child_calls.append(children)
-        self.calls.append(self.tree.last_calls)
-        self.wall_ms.append(wall)
-
-    def clear(self) -> None:
-        for runs in (self.self_ns, self.child_calls, self.calls, self.wall_ms):
-            runs.clear()
-
-    def __len__(self) -> int:
-        return len(self.self_ns)
-
-    def per_call_ms(self, plain_ms: Sequence[float]) -> float:
-        """The hooks' cost per module call: median hooked run less median plain run, per call."""
-        calls = statistics.median(self.calls)
-        if not calls:
-            return 0.0
-        return max(0.0, statistics.median(self.wall_ms) - statistics.median(plain_ms)) / calls
-
-    def module_ms(self, per_call_ms: float) -> dict[str, float]:
-        """Module -> self time (ms) of a typical run, each module less ``per_call_ms`` per child
-        call it made (the hook dispatch around a child's window lands in its parent's self time)."""
-        per_call_ns = per_call_ms * 1e6
-        runs = [{k: max(0.0, v - children.get(k, 0) * per_call_ns) for k, v in own.items()}
-                for own, children in zip(self.self_ns, self.child_calls, strict=True)]
-        return {k: v / 1e6 for k, v in stats.typical_breakdown(runs).items()}
-
-
-def _per_layer(loaded: LoadedModel, module, kwargs, times: Sequence[float], hooks: _HookRuns | None,
+def _per_layer(loaded: LoadedModel, module, kwargs, times: Sequence[float], hooks: HookRuns | None,
                flops: Mapping[str, float] | None, clock: Clock, progress: Progress,
                result: LatencyResult) -> None:
     import torch
@@ -327,23 +166,34 @@ def _per_layer(loaded: LoadedModel, module, kwargs, times: Sequence[float], hook
         while len(hooks) < 3:  # a slow model: fewer end-to-end runs than that
             hooks.run(lambda: module(**kwargs))
         per_call = hooks.per_call_ms(times)
-        module_ms = hooks.module_ms(per_call)
+        device = next(iter(kwargs.values())).device if kwargs else torch.device("cpu")
+        inside = inside_share(clock, torch.cuda.synchronize if clock.device == "cuda" else None, device)
+        module_ms = hooks.module_ms(per_call, inside)
         result.overhead_ms = per_call * statistics.median(hooks.calls)
         measured: dict[str, float] = {}
+        split_note = ""
         if loaded.exported is not None:
             # how a module's own time divides among its ops: measured on the exported graph
             gm = loaded.exported.module()
-            if clock.device != "cpu":
-                gm.to(next(iter(kwargs.values())).device)
-            node_ms = fx_node_times(gm, kwargs, min(n, FX_SPLIT_RUNS), progress, clock)
-            measured = layer_times(node_ms, producers)[0]
+            try:
+                if clock.device != "cpu":
+                    gm.to(device)
+                node_ms = fx_node_times(gm, kwargs, min(n, FX_SPLIT_RUNS), progress, clock)
+                measured = layer_times(node_ms, producers)[0]
+            except RuntimeError as exc:
+                # an exported graph can hold the export device in its nodes (the LSTM's zero
+                # state, transformers' mask checks): it does not run on another device
+                split_note = (f"; the exported graph did not run on {clock.device} "
+                              f"({str(exc).splitlines()[0][:120]}): a module's time shared by FLOPs")
         assign_modules(loaded, module_ms, measured, flops, result, frozenset(hooks.tree.opaque))
         result.per_layer_runs = len(hooks)
         how = (f"module self times from forward hooks (runs alternating with the end-to-end ones) less the "
-               f"hooks' cost ({per_call * 1e3:.1f} µs per module call: hooked minus plain runs), mean of the "
-               f"typical fifth of {len(hooks)} runs (ranked by total)")
+               f"hooks' cost ({per_call * 1e3:.1f} µs per module call: hooked minus plain runs; "
+               f"{inside:.0%} of it inside the module's own window, measured on a chain of no-op modules), "
+               f"mean of the typical fifth of {len(hooks)} runs (ranked by total)")
         if measured:
             how += "; a module's time shared among its ops by their node-by-node times"
+        how += split_note
     e2e_median = result.e2e_ms["median"]
     result.latency_sum_ratio = sum(result.per_layer_ms.values()) / e2e_median if e2e_median > 0 else None
     result.sum_ratio_e2e_ms = e2e_median
