@@ -79,6 +79,7 @@ ACTIONS: tuple[Action | Submenu | Separator, ...] = (
 
     Action("measure_latency", "&Measure Latency Again", "Model", "measure_latency", "Ctrl+R", "latency",
            enablement="has_model", tip="Time the model on this machine (runs in the background)"),
+    Submenu("measure_on", "Measure &On", "Model", "fill_device_menu"),
     Action("cancel", "&Cancel Task", "Model", "cancel_tasks", None, "cancel", enablement="busy"),
 
     Action("about", "&About effstudio", "Help", "show_about", None, "info"),

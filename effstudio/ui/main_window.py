@@ -41,6 +41,7 @@ from effstudio.core.inputs import InputSpec, parse_input_specs
 from effstudio.core.metrics.table import METRICS, MetricsTable
 from effstudio.ui import theme
 from effstudio.ui.actions import build_menus, update_enablement
+from effstudio.ui.device_menu import DeviceMenu
 from effstudio.ui.icons import icon
 from effstudio.ui.metrics_fanout import STAGGER_MIN_LAYERS, StepFanout
 from effstudio.ui.paint_pacer import PaintPacer
@@ -87,6 +88,9 @@ class MainWindow(QMainWindow):
         self.settings = Settings()
         self.selection = SelectionModel(self)
         self.session = session or ModelSession(parent=self)
+        self.device_menu = DeviceMenu(self.settings.latency_device, self)  # Model ▸ Measure On
+        self.session.latency_device = self.device_menu.current
+        self.device_menu.sig_chosen.connect(self._on_device_chosen)
         self.session.setParent(self)
         self.current_metric = self.settings.metric if self.settings.metric in METRICS else "macs"
 
@@ -407,6 +411,14 @@ class MainWindow(QMainWindow):
     def measure_latency(self) -> None:
         self.session.measure_latency()
 
+    def fill_device_menu(self, menu: QMenu) -> None:
+        self.device_menu.fill(menu)
+
+    def _on_device_chosen(self, device: str) -> None:
+        self.session.latency_device = self.settings.latency_device = device
+        if self.session.loaded is not None:
+            self.session.measure_latency()
+
     def cancel_tasks(self) -> None:
         self.session.cancel()
         self.statusBar().showMessage("Cancelling…", 3000)
@@ -557,6 +569,7 @@ class MainWindow(QMainWindow):
         self.settings.sync()
         self.session.shutdown()
         self._warm_runner.shutdown(10.0)
+        self.device_menu.runner.shutdown(10.0)
         if self.graph_view is not None and hasattr(self.graph_view, "wait_idle"):
             self.graph_view.wait_idle(10.0)  # its layout worker
         super().closeEvent(event)

@@ -61,13 +61,14 @@ def static_metrics(loaded: LoadedModel, progress: Progress) -> MetricsTable:
     return compute_static(loaded, progress)
 
 
-def measure(loaded: LoadedModel, progress: Progress, process: MeasuringProcess | None = None) -> Measured:
-    """Time ``loaded`` on this machine (the core's defaults: warm-up, repeats, median), in a
-    child process at a lower priority for ONNX (``process`` when started ahead) so the window
-    stays smooth meanwhile."""
+def measure(loaded: LoadedModel, progress: Progress, process: MeasuringProcess | None = None,
+            device: str = "cpu") -> Measured:
+    """Time ``loaded`` on this machine's ``device`` (the core's defaults: warm-up, repeats,
+    median), in a child process at a lower priority for ONNX (``process`` when started ahead)
+    so the window stays smooth meanwhile."""
     from effstudio.core.latency import latency_metrics
 
-    result = measure_latency_isolated(loaded, progress=progress, process=process)
+    result = measure_latency_isolated(loaded, progress=progress, process=process, device=device)
     return Measured(latency_metrics(result, loaded.graph), result)
 
 
@@ -77,6 +78,7 @@ def open_and_profile(
     trust: bool = False,
     inputs: dict[str, InputSpec] | None = None,
     latency: bool = True,
+    device: str = "cpu",
     progress: Progress,
     publish: Callable[[object], None],
 ) -> Measured | None:
@@ -86,7 +88,7 @@ def open_and_profile(
     process = MeasuringProcess() if latency and spec.lower().endswith(".onnx") else None
     try:
         return _open_and_profile(spec, trust=trust, inputs=inputs, latency=latency, progress=progress,
-                                 publish=publish, process=process)
+                                 publish=publish, process=process, device=device)
     finally:
         if process is not None:
             process.close()
@@ -94,7 +96,7 @@ def open_and_profile(
 
 def _open_and_profile(spec: str, *, trust: bool, inputs: dict[str, InputSpec] | None, latency: bool,
                       progress: Progress, publish: Callable[[object], None],
-                      process: MeasuringProcess | None) -> Measured | None:
+                      process: MeasuringProcess | None, device: str = "cpu") -> Measured | None:
     from effstudio.core.loaders import open_model
 
     progress.update(0.0, f"opening {spec}")
@@ -128,4 +130,4 @@ def _open_and_profile(spec: str, *, trust: bool, inputs: dict[str, InputSpec] | 
     if not latency:
         return None
     progress.update(0.55, "measuring latency")
-    return measure(loaded, progress.sub(0.55, 1.0), process)
+    return measure(loaded, progress.sub(0.55, 1.0), process, device)

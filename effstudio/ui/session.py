@@ -50,6 +50,7 @@ class ModelSession(QObject):
         self.metrics = MetricsTable()
         self.latency_result: object = None
         self.latency_state = "none"  # none | measuring | done | failed | cancelled
+        self.latency_device = "cpu"  # measure_latency's device for the next measurement
         self._timing_task: Task | None = None
         self.requests: dict[str, dict] = {}  # spec -> the trust/inputs it was last opened with
         self.runner.sig_started.connect(lambda _t: self.sig_busy_changed.emit(True))
@@ -71,7 +72,7 @@ class ModelSession(QObject):
         """Load ``spec`` in the background; the current model stays until the new one is counted."""
         self.runner.cancel(LATENCY)
         self.requests[spec] = {"trust": trust, "inputs": dict(inputs or {})}
-        kwargs: dict = {"trust": trust, "latency": latency}
+        kwargs: dict = {"trust": trust, "latency": latency, **self._device_kwargs()}
         if inputs:
             kwargs["inputs"] = dict(inputs)
         task = self.runner.start(LOAD, self._open_fn, spec, **kwargs)
@@ -176,7 +177,7 @@ class ModelSession(QObject):
         if self._timing_task is not None:  # a load task still timing the model: stop it quietly
             self._timing_task.opened_shown = True
             self._timing_task.cancel()
-        task = self.runner.start(LATENCY, self._measure_fn, self.loaded)
+        task = self.runner.start(LATENCY, self._measure_fn, self.loaded, **self._device_kwargs())
         self._timing_task = task
         task.sig_progress.connect(self.sig_progress)
         task.sig_done.connect(lambda measured, t=task: self._on_measured(t, measured))
@@ -184,6 +185,10 @@ class ModelSession(QObject):
         task.sig_cancelled.connect(lambda t=task: self._on_cancelled(t, ""))
         self._set_latency_state("measuring", "")
         return task
+
+    def _device_kwargs(self) -> dict:
+        # passed only when not the CPU: the open/measure functions' defaults
+        return {} if self.latency_device == "cpu" else {"device": self.latency_device}
 
     def _on_measured(self, task: Task, measured: pipeline.Measured | None) -> None:
         if task is not self._timing_task:

@@ -71,6 +71,14 @@ class Settings:
         self._set("view/log_scale", "true" if on else "false")
 
     @property
+    def latency_device(self) -> str:
+        return self._str("latency/device", "cpu")
+
+    @latency_device.setter
+    def latency_device(self, device: str) -> None:
+        self._set("latency/device", device)
+
+    @property
     def last_dir(self) -> str:
         return self._str("files/last_dir", "")
 

@@ -6,6 +6,7 @@ import pytest
 
 from effstudio.core.errors import EffstudioError
 from effstudio.core.latency import measure_latency
+from effstudio.core.progress import Progress
 from effstudio.core.zoo import load_demo
 
 
@@ -68,3 +69,24 @@ def test_cuda_request_without_cuda_is_a_clear_error() -> None:
         pytest.skip("this machine has CUDA")
     with pytest.raises(EffstudioError, match=r"(?i)cuda"):
         measure_latency(load_demo("mlp"), device="cuda", runs=2)
+
+
+@pytest.mark.gpu
+def test_cuda_is_offered_with_the_gpu_name() -> None:
+    import torch
+
+    from effstudio.core.latency.devices import latency_devices
+
+    cuda = latency_devices()[1]
+    assert cuda.torch and cuda.available and torch.cuda.get_device_name(0) in cuda.label
+
+
+@pytest.mark.gpu
+def test_the_windows_measuring_path_times_on_cuda() -> None:
+    """What Model ▸ Measure On ▸ CUDA runs (``ui.pipeline.measure``, Qt-free), and the label it shows."""
+    from effstudio.ui.pipeline import measure
+
+    measured = measure(load_demo("mlp"), Progress(), device="cuda")
+    assert measured.result.device == "cuda"
+    assert measured.metrics.totals["latency_device"].startswith("CUDA (")
+    assert measured.metrics.values["latency_ms"]

@@ -23,7 +23,7 @@ from effstudio.core.metrics.table import MetricsTable
 from effstudio.core.model import LoadedModel
 from effstudio.core.progress import Progress
 
-__all__ = ["RUNTIME_KEY", "LatencyResult", "latency_metrics", "load_npz_inputs", "measure_latency",
+__all__ = ["RUNTIME_KEY", "LatencyResult", "device_label", "latency_metrics", "load_npz_inputs", "measure_latency",
            "summarize"]
 
 
@@ -59,13 +59,21 @@ def measure_latency(loaded: LoadedModel, *, device: str = "cpu", threads: int | 
     raise EffstudioError(f"{loaded.path}: nothing runnable was loaded (neither ONNX nor torch)")
 
 
+def device_label(result: LatencyResult) -> str:
+    """Where ``result`` was measured, for people: ``"CPU, 2 threads"``, ``"CUDA (NVIDIA H100 80GB HBM3)"``."""
+    if result.device == "cpu":
+        return f"CPU, {result.threads} thread{'s' if result.threads != 1 else ''}"
+    gpu = (result.environment or {}).get("gpu")
+    return f"{result.device.upper()} ({gpu})" if gpu else result.device.upper()
+
+
 def latency_metrics(result: LatencyResult, graph: LayerGraph) -> MetricsTable:
     """The ``latency_ms`` metric of ``graph``'s layers, with totals ``latency_ms`` (the e2e stats),
     ``latency_sum_ratio`` and ``latency_runtime_ms`` (time outside any layer).  Layers without a
     measured time are left out (unknown), never 0."""
     per_layer = {k: v for k, v in result.per_layer_ms.items() if k in graph}
     totals = {"latency_ms": dict(result.e2e_ms), "latency_sum_ratio": result.latency_sum_ratio,
-              "latency_runtime_ms": result.runtime_ms}
+              "latency_runtime_ms": result.runtime_ms, "latency_device": device_label(result)}
     note = result.method or "measured"
     return MetricsTable(values={"latency_ms": per_layer} if per_layer else {}, totals=totals,
                         notes={"latency_ms": note})

@@ -23,6 +23,11 @@ def latency_summary(metrics: MetricsTable) -> tuple[str, str] | None:
     if e2e.get("p10") is not None and e2e.get("p90") is not None:
         text += f" ± {numbers.ms((e2e['p90'] - e2e['p10']) / 2)}"
         tip.append(f"p10–p90: {numbers.ms(e2e['p10'])} – {numbers.ms(e2e['p90'])}")
+    device = metrics.totals.get("latency_device")
+    if isinstance(device, str) and device:
+        if not device.startswith("CPU"):
+            text += f" · {device.split(' (')[0]}"  # the GPU is the exception worth seeing at a glance
+        tip.append(f"measured on {device}")
     if e2e.get("runs"):
         tip.append(f"{int(e2e['runs'])} timed runs after warm-up")
     ratio = metrics.totals.get("latency_sum_ratio")
