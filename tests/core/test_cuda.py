@@ -62,6 +62,21 @@ def test_onnxruntime_latency_on_cuda() -> None:
     loaded = load_demo("cnn.onnx")
     result = measure_latency(loaded, device="cuda", runs=5)
     assert result.e2e_ms["median"] > 0
+    assert not result.per_layer_ms and "not measured on CUDA" in result.method
+
+
+def test_onnxruntime_on_cuda_shows_no_host_side_layer_times(monkeypatch) -> None:
+    """onnxruntime's node events on CUDA time the kernels' asynchronous launches: not shown as layer
+    times.  (Run on the CPU provider here, with the CUDA branch taken.)"""
+    from effstudio.core.latency import ort_latency
+
+    real = ort_latency._time_e2e
+    monkeypatch.setattr(ort_latency, "providers_for", lambda _d: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort_latency, "_time_e2e",
+                        lambda loaded, source, _providers, *a: real(loaded, source, ["CPUExecutionProvider"], *a))
+    result = measure_latency(load_demo("mlp.onnx"), device="cuda", runs=3)
+    assert result.e2e_ms["median"] > 0 and result.per_layer_ms == {}
+    assert "not measured on CUDA" in result.method and result.latency_sum_ratio is None
 
 
 def test_cuda_request_without_cuda_is_a_clear_error() -> None:

@@ -103,7 +103,13 @@ def measure_onnx(loaded: LoadedModel, *, device: str, threads: int, plan: stats.
             environment=environment("onnxruntime", device, threads, providers=providers,
                                     graph_optimization="ORT_ENABLE_ALL"),
             method=f"median of {e2e['runs']} runs (p10–p90, CV)")
-        if per_layer:
+        if per_layer and providers[0] == "CUDAExecutionProvider":
+            # onnxruntime's node events time each kernel's launch on the host, and CUDA kernels run
+            # asynchronously: those are not the layers' times, so none are shown (its kernel events
+            # need a build made with --enable_cuda_profiling, which the pip wheels are not)
+            result.method += ("; per layer: not measured on CUDA (onnxruntime's profiler times the "
+                              "asynchronous kernel launches on the host, not the kernels)")
+        elif per_layer:
             _per_layer(loaded, source, providers, threads, plain, feeds, len(times), flops, workdir,
                        progress.sub(0.5, 1.0), result)
     return result
@@ -233,8 +239,6 @@ def _per_layer(loaded: LoadedModel, source: str | bytes, providers: list[str], t
     how += (f"(CPU time {e2e_median:.3f} ms, wall {wall_median:.3f} ms)" if threads == 1
             else f"({e2e_median:.3f} ms)")
     result.method += f"; per layer: {how}"
-    if providers[0] == "CUDAExecutionProvider":
-        result.method += " (CUDA node times are host-side: kernel launches are asynchronous)"
 
 
 class _CallShell:
