@@ -4,6 +4,7 @@ count for the progress messages is taken only when a message needs it."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -71,9 +72,75 @@ def test_stored_static_shapes_skip_onnx_inference_and_give_what_it_gives(monkeyp
     monkeypatch.setattr(onnx.shape_inference, "infer_shapes", lambda *a, **k: calls.append(1) or real(*a, **k))
     fast, problem = onnx_shapes.infer_tensor_infos(model, inputs, {})
     assert problem is None and calls == []
+    monkeypatch.setattr(onnx_shapes, "_stored_infos", lambda m, i: None)
     monkeypatch.setattr(onnx_shapes, "_stored_shapes_complete", lambda g: False)
     slow, problem = onnx_shapes.infer_tensor_infos(model, inputs, {})
     assert problem is None and calls and fast == slow
+
+
+def _with_weights(first_dim: int = 2) -> onnx.ModelProto:
+    """Stored shapes for every value, a large initializer (also declared as an input, as IR < 4
+    requires), a large and a small Constant, and an input whose leading dim is -1."""
+    big = onnx.numpy_helper.from_array(np.ones((40, 40), np.float32), "w")
+    c_big = helper.make_node("Constant", [], ["c_big"], value=onnx.numpy_helper.from_array(
+        np.ones((2, 30, 30), np.float32), "c_big"), name="cb")
+    c_small = helper.make_node("Constant", [], ["c_small"], value=helper.make_tensor("v", TensorProto.FLOAT, [], [2.0]))
+    nodes = [c_big, c_small,
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+             helper.make_node("Mul", ["y", "c_small"], ["z"], name="mul"),
+             helper.make_node("Add", ["z", "c_big"], ["out"], name="add")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [first_dim, 30, 40])
+    shape = [1 if first_dim < 0 else first_dim, 30, 40]
+    g = helper.make_graph(nodes, "g", [x, helper.make_tensor_value_info("w", TensorProto.FLOAT, [40, 40])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 30, 40])],
+                          initializer=[big],
+                          value_info=[helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in
+                                      (("y", shape), ("z", shape), ("c_small", []))])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("case", ["plain", "-1 input dim", "one value not stored", "a symbolic dim",
+                                  "a sequence output", "a subgraph", "an untyped weight output"])
+def test_stored_infos_are_what_the_light_copy_gives(case: str) -> None:
+    """``_stored_infos`` reads the model itself: for every value the layer graph looks up (inputs,
+    outputs, what nodes make) it must give what collecting the light copy gives, exactly when
+    the light copy's stored shapes are complete (else None)."""
+    model = _with_weights(-1 if case == "-1 input dim" else 2)
+    g = model.graph
+    if case == "one value not stored":
+        g.value_info.pop(0)
+    elif case == "a symbolic dim":
+        g.value_info[1].type.tensor_type.shape.dim[0].dim_param = "n"
+    elif case == "a sequence output":
+        g.node.append(helper.make_node("SequenceConstruct", ["out"], ["seq"], name="sc"))
+        g.output.append(helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, [2, 30, 40]))
+    elif case == "an untyped weight output":
+        g.initializer.append(onnx.numpy_helper.from_array(np.ones((50, 50), np.float32), "w2"))
+        g.output.append(onnx.ValueInfoProto(name="w2"))
+    elif case == "a subgraph":
+        body = helper.make_graph([helper.make_node("Identity", ["out"], ["r"])], "b", [],
+                                 [helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, 30, 40])])
+        g.node.append(helper.make_node("If", ["cond"], ["res"], then_branch=body, else_branch=body, name="if"))
+        g.input.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
+        g.value_info.append(helper.make_tensor_value_info("res", TensorProto.FLOAT, [2, 30, 40]))
+    declared = onnx_shapes.graph_inputs(g)
+    inputs = onnx_shapes.resolve_inputs("m.onnx", declared, {})
+    assert onnx_shapes.symbol_values(declared, inputs) == {}
+    light = onnx_shapes._light_copy(model, inputs, None)
+    complete = onnx_shapes._stored_shapes_complete(light.graph)
+    assert complete == (case in ("plain", "-1 input dim", "an untyped weight output"))
+    got = onnx_shapes._stored_infos(model, inputs)
+    if not complete:
+        assert got is None
+        return
+    looked_up = {vi.name for vi in g.input} | {vi.name for vi in g.output}
+    looked_up |= {o for n in light.graph.node for o in n.output}
+    want = {k: v for k, v in onnx_shapes.collect_infos(light).items() if k in looked_up}
+    assert got == want and set(want) == looked_up - {""}
+    assert got["w"].shape == (40, 40)  # a large weight declared as an input (as IR < 4 requires)
+    if case == "an untyped weight output":
+        assert got["w2"] == TensorInfo("w2", (50, 50), "float32")  # typed from its tensor
+    assert got["x"].shape == ((1, 30, 40) if case == "-1 input dim" else (2, 30, 40))  # the resolved input
 
 
 @pytest.mark.parametrize("change", ["one value not stored", "a symbolic dim", "a -1 dim"])

@@ -43,7 +43,7 @@ def iter_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
         # every field that can hold a tensor or a graph is looked at, whatever the attribute's
         # declared type (a malformed file may set both)
         for node in nodes:
-            for a in node.attribute:
+            for a in node.attribute[:]:  # (a slice: see onnx_graph, _WeightInfo)
                 if a.HasField("t"):
                     out.append(a.t)
                 if a.tensors:

@@ -86,13 +86,19 @@ class _WeightInfo(NamedTuple):  # (a tuple: built once per initializer, cheaper 
     dtype: str
 
 
+# Hot paths copy a repeated scalar field (``node.input``, ``t.dims``, ``a.ints``) with a slice,
+# ``field[:]``: upb's containers have no ``__iter__``, so ``list(field)`` or a ``for`` loop calls
+# ``__getitem__`` until it raises IndexError, an error message formatted each time (about 1 µs,
+# more than the copy); the slice is one C call.
+
+
 _GRAPH = onnx.AttributeProto.GRAPH
 _GRAPHS = onnx.AttributeProto.GRAPHS
 
 
 # --- weights -----------------------------------------------------------------------------
 def _tensor_weight(t: onnx.TensorProto) -> _WeightInfo:
-    return _WeightInfo(tuple(t.dims), dtypes.from_onnx(t.data_type))  # dims are Python ints already
+    return _WeightInfo(tuple(t.dims[:]), dtypes.from_onnx(t.data_type))  # dims are Python ints already
 
 
 def _constant_weight(node: onnx.NodeProto) -> _WeightInfo | None:
@@ -146,12 +152,12 @@ def _tensor_summary(t: onnx.TensorProto) -> dict[str, Any]:
 
 _A = onnx.AttributeProto
 _SIMPLE_ATTRS: dict[int, Any] = {  # one lookup per attribute: the common types first
-    _A.INTS: lambda a: list(a.ints),
+    _A.INTS: lambda a: a.ints[:],
     _A.INT: lambda a: a.i,
     _A.FLOAT: lambda a: _json_float(a.f),
-    _A.FLOATS: lambda a: [_json_float(v) for v in a.floats],
+    _A.FLOATS: lambda a: [_json_float(v) for v in a.floats[:]],
     _A.STRING: lambda a: a.s.decode("utf-8", errors="replace"),
-    _A.STRINGS: lambda a: [s.decode("utf-8", errors="replace") for s in a.strings],
+    _A.STRINGS: lambda a: [s.decode("utf-8", errors="replace") for s in a.strings[:]],
     _A.TENSOR: lambda a: _tensor_summary(a.t),
     _A.TENSORS: lambda a: [_tensor_summary(t) for t in a.tensors],
     _A.SPARSE_TENSOR: lambda a: {"sparse_tensor": {"shape": list(a.sparse_tensor.dims),
@@ -274,7 +280,7 @@ def build_graph(g: onnx.GraphProto, *, infos: dict[str, TensorInfo], outer_weigh
     for t in g.initializer:
         name = t.name
         init_names.add(name)
-        weights[name] = _WeightInfo(tuple(t.dims), from_onnx(t.data_type))  # dims are Python ints already
+        weights[name] = _WeightInfo(tuple(t.dims[:]), from_onnx(t.data_type))  # dims are Python ints already
     for sp in g.sparse_initializer:
         weights[sp.values.name] = _WeightInfo(tuple(int(d) for d in sp.dims), from_onnx(sp.values.data_type))
     graph_output_names = {vi.name for vi in g.output}
@@ -283,8 +289,9 @@ def build_graph(g: onnx.GraphProto, *, infos: dict[str, TensorInfo], outer_weigh
     nodes: list[onnx.NodeProto] = []
     ops: list[str] = []
     outs: list[list[str]] = []
-    attr_lists: list[list[onnx.AttributeProto]] = []
+    attr_dicts: list[dict[str, Any]] = []
     subs: list[list[tuple[str, onnx.GraphProto]]] = []
+    simple_attrs = _SIMPLE_ATTRS
     for node in g.node:
         op_type = node.op_type
         if op_type == "Constant" and _is_constant(node) and node.output[0] not in graph_output_names:
@@ -295,11 +302,19 @@ def build_graph(g: onnx.GraphProto, *, infos: dict[str, TensorInfo], outer_weigh
                 continue
         nodes.append(node)
         ops.append(op_type)
-        os_ = list(node.output)  # (one C-level copy, then filtered only if needed: cheaper than a comprehension)
+        os_ = node.output[:]  # (one C-level copy, then filtered only if needed: cheaper than a comprehension)
         outs.append([o for o in os_ if o] if "" in os_ else os_)
-        attrs = list(node.attribute) if node.attribute else []
-        attr_lists.append(attrs)
-        subs.append(_graph_attrs(attrs) if attrs else [])
+        attributes: dict[str, Any] = {}
+        node_subs: list[tuple[str, onnx.GraphProto]] = []
+        if node.attribute:  # (testing a repeated field costs less than iterating an empty one)
+            for a in node.attribute[:]:  # each attribute's type read once: its value, and is it a graph
+                t = a.type
+                f = simple_attrs.get(t)
+                attributes[a.name] = f(a) if f is not None else attribute_value(a)
+                if t in (_GRAPH, _GRAPHS):
+                    node_subs.extend(_graph_attrs((a,)))
+        attr_dicts.append(attributes)
+        subs.append(node_subs)
 
     if inputs is None:
         inputs = [infos.get(vi.name) or TensorInfo(vi.name) for vi in g.input if vi.name not in init_names]
@@ -311,7 +326,7 @@ def build_graph(g: onnx.GraphProto, *, infos: dict[str, TensorInfo], outer_weigh
     reads: list[list[str]] = []
     n_explicit: list[int] = []
     for node, node_subs in zip(nodes, subs, strict=True):
-        rs = list(node.input)
+        rs = node.input[:]
         if "" in rs:  # omitted optional inputs
             rs = [i for i in rs if i]
         n_explicit.append(len(rs))
@@ -326,7 +341,6 @@ def build_graph(g: onnx.GraphProto, *, infos: dict[str, TensorInfo], outer_weigh
     layers: list[Layer] = []
     scope_cache: dict[str, str] = {}
     used = ctx.used_names
-    simple_attrs = _SIMPLE_ATTRS
     for idx in _topo_order(nodes, outs, reads):
         node = nodes[idx]
         op_type = ops[idx]
@@ -369,12 +383,8 @@ def build_graph(g: onnx.GraphProto, *, infos: dict[str, TensorInfo], outer_weigh
                 elif pos < explicit or r not in seen_in:  # explicit inputs keep repeats (Add(x, x))
                     lay_inputs.append(r)
                 seen_in.add(r)
-        attributes: dict[str, Any] = {}
-        for a in attr_lists[idx]:
-            f = simple_attrs.get(a.type)
-            attributes[a.name] = f(a) if f is not None else attribute_value(a)
         lay = Layer(name=name, op_type=op_type, scope=node_scope(node, scope_cache), domain=domain,
-                    inputs=lay_inputs, outputs=outs[idx], attributes=attributes, weights=lay_weights)
+                    inputs=lay_inputs, outputs=outs[idx], attributes=attr_dicts[idx], weights=lay_weights)
         if domain not in KNOWN_DOMAINS:
             lay.flags.append(FLAG_LOCAL_FUNCTION if (domain, op_type) in ctx.functions else FLAG_CUSTOM_DOMAIN)
         ctx.done_nodes += 1  # ctx.tick(), inline

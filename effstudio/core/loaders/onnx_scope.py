@@ -31,14 +31,18 @@ def join_scope(parts: list[str]) -> str:
     """
     acc = ""
     for p in parts:
-        p = p.strip()
-        if not p or p.startswith(_NO_MODULE):
-            continue
-        if acc and (p == acc or p.startswith(acc + ".")):
-            acc = p
-        else:
-            acc = f"{acc}.{p}" if acc else p
+        acc = _extend_scope(acc, p)
     return acc
+
+
+def _extend_scope(acc: str, p: str) -> str:
+    """One step of :func:`join_scope`: the path ``acc`` followed by the module name ``p``."""
+    p = p.strip()
+    if not p or p.startswith(_NO_MODULE):
+        return acc
+    if acc and (p == acc or p.startswith(acc + ".")):
+        return p
+    return f"{acc}.{p}" if acc else p
 
 
 # the usual form, a list of plain single-quoted strings: split without Python's parser (which
@@ -49,15 +53,9 @@ _ITEM = re.compile(r"'([^'\\]*)'")
 
 def _from_name_scopes(value: str, cache: dict[str, str] | None = None) -> str | None:
     if _SIMPLE_LIST.fullmatch(value):
-        # the last entry is the FX node, not a module: the scope depends on the others only,
-        # which many nodes share (``cache``: their text -> scope, for one model)
+        # the last entry is the FX node, not a module: the scope depends on the others only
         modules = value[:max(value.rfind(", '"), 1)]
-        if cache is not None and (hit := cache.get(modules)) is not None:
-            return hit
-        scope = join_scope(_ITEM.findall(modules))
-        if cache is not None:
-            cache[modules] = scope
-        return scope
+        return _list_scope(modules, {} if cache is None else cache)
     try:
         scopes = ast.literal_eval(value)
     except (ValueError, SyntaxError):
@@ -65,6 +63,24 @@ def _from_name_scopes(value: str, cache: dict[str, str] | None = None) -> str | 
     if not isinstance(scopes, list | tuple) or not all(isinstance(s, str) for s in scopes):
         return None
     return join_scope(list(scopes[:-1]))  # the last entry is the FX node, not a module
+
+
+def _list_scope(items: str, cache: dict[str, str]) -> str:
+    """``join_scope`` of the items of ``items``, the text of a simple list without its closing
+    bracket (``"['', 'enc', 'enc.0'"``).  The paths of a model's nodes share their leading
+    items (``['', 'features', 'features.2', ...``): the scope of the list less its last item
+    comes from ``cache`` (text -> scope, for one model), and one step of ``join_scope`` adds
+    that item."""
+    hit = cache.get(items)
+    if hit is not None:
+        return hit
+    cut = items.rfind(", '")  # (an item holds no quote: this is the last separator)
+    if cut < 0:
+        scope = join_scope(_ITEM.findall(items))  # "[" or "['first'": at most one item
+    else:
+        scope = _extend_scope(_list_scope(items[:cut], cache), items[cut + 3:-1])  # the item without its quotes
+    cache[items] = scope
+    return scope
 
 
 def _from_namespace(value: str) -> str | None:
@@ -86,7 +102,7 @@ def node_scope(node: onnx.NodeProto, cache: dict[str, str] | None = None) -> str
     ``cache``: a dict kept across the nodes of one model (the scopes many nodes share)."""
     namespace = None
     if node.metadata_props:  # (testing a repeated field costs less than iterating an empty one)
-        for prop in node.metadata_props:
+        for prop in node.metadata_props[:]:  # (a slice: see onnx_graph, _WeightInfo)
             key = prop.key
             if key == NAME_SCOPES_KEY:
                 scope = _from_name_scopes(prop.value, cache)

@@ -78,14 +78,18 @@ def _value_info(vi: onnx.ValueInfoProto, name: str) -> TensorInfo:
     tp = vi.type
     if tp.WhichOneof("value") != _TENSOR_TYPE:
         return TensorInfo(name, type_shape(tp), type_dtype(tp))
-    # the common case, what type_shape and type_dtype give, with each field read once
-    tt = tp.tensor_type
+    return _tensor_info(tp.tensor_type, name)
+
+
+def _tensor_info(tt: onnx.TypeProto.Tensor, name: str) -> TensorInfo:
+    """The common case of ``_value_info``, a tensor: what type_shape and type_dtype give, with
+    each field read once."""
     elem = tt.elem_type
     dtype = (_DTYPE_NAMES.get(elem) or dtypes.from_onnx(elem)) if elem else None
     if not tt.HasField("shape"):
         return TensorInfo(name, None, dtype)
     dims = tt.shape.dim
-    values = [d.dim_value for d in dims]
+    values = [d.dim_value for d in dims[:]]  # (slices: see onnx_graph, _WeightInfo)
     if not values or min(values) > 0:  # every dim static (only a set dim_value is nonzero): the usual case
         return TensorInfo(name, tuple(values), dtype)
     out: list[Dim] = []
@@ -103,7 +107,7 @@ _DTYPE_NAMES = {i: dtypes.from_onnx(i) for i in range(1, 32) if not dtypes.from_
 
 
 def tensor_nbytes(t: onnx.TensorProto) -> int:
-    return dtypes.nbytes(dtypes.from_onnx(t.data_type), math.prod(t.dims))  # dims: Python ints
+    return dtypes.nbytes(dtypes.from_onnx(t.data_type), math.prod(t.dims[:]))  # dims: Python ints
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -354,15 +358,20 @@ def _light_copy(model: onnx.ModelProto, inputs: list[TensorInfo], symbols: dict[
     for vi in g.input:
         t = by_name.get(vi.name)
         if t is not None and t.shape is not None and vi.type.HasField("tensor_type"):
-            shape = vi.type.tensor_type.shape
-            del shape.dim[:]
-            for d in t.shape:
-                if isinstance(d, int):
-                    shape.dim.add().dim_value = d
-                else:
-                    shape.dim.add().dim_param = d
+            _set_shape(vi, t.shape)
     g.input.extend(vi for vi in hoisted if vi.name not in declared)
     return light
+
+
+def _set_shape(vi: onnx.ValueInfoProto, dims: Shape) -> None:
+    """Replace the tensor shape of ``vi`` by ``dims`` (an input's resolved shape)."""
+    shape = vi.type.tensor_type.shape
+    del shape.dim[:]
+    for d in dims:
+        if isinstance(d, int):
+            shape.dim.add().dim_value = d
+        else:
+            shape.dim.add().dim_param = d
 
 
 _warmed = False
@@ -408,6 +417,78 @@ def _stored_shapes_complete(g: onnx.GraphProto) -> bool:
             if o and o not in static:
                 return False
     return True
+
+
+def _stored_infos(model: onnx.ModelProto, inputs: list[TensorInfo]) -> dict[str, TensorInfo] | None:
+    """The infos of the values the layer graph looks up (the graph's inputs and outputs and what
+    its nodes make; weights are read from their tensors) as ``collect_infos(_light_copy(model,
+    inputs, None))`` gives them, when ``_stored_shapes_complete`` holds for that copy; read from
+    the model itself.  None when it does not hold.
+
+    Exporters such as torch's dynamo store a static shape for every value: then onnx's inference
+    could add nothing, and the light copy is not needed at all (making it copies every node with
+    its metadata, torch's stack traces included: it was most of the load time of MobileNetV2).
+    Each step below is what the light copy would do: the inputs take the resolved shapes, the
+    large initializers and ``Constant`` values are typed values; stored shapes are as they are.
+    (torch also stores a shape for every weight: those, never looked up, are not converted.)"""
+    g = model.graph
+    if g.sparse_initializer:
+        return None  # (rare: the light copy handles them)
+    stored = {vi.name for vi in g.value_info}
+    stored.update(vi.name for vi in g.output)
+    made: list[str] = []  # what the (light copy's) nodes make: each needs a static stored shape
+    big_constants: list[tuple[str, onnx.TensorProto]] = []
+    for node in g.node:
+        attrs = node.attribute
+        if attrs:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+                big = [a for a in attrs if a.name == "value" and a.HasField("t") and not _keep_data(a.t)]
+                if big:  # not a node of the light copy: a typed value
+                    big_constants.append((node.output[0], big[0].t))
+                    continue
+            for a in attrs[:]:
+                if a.type in (_GRAPH, _GRAPHS):
+                    return None
+        for o in node.output[:]:
+            if o:
+                if o not in stored:  # (the usual way out for a model without stored shapes: early)
+                    return None
+                made.append(o)
+
+    out: dict[str, TensorInfo] = {}
+    by_name = {t.name: t for t in inputs}
+    declared: set[str] = set()
+    for vi in g.input:
+        name = vi.name
+        declared.add(name)
+        if vi.HasField("type"):
+            t = by_name.get(name)
+            if t is not None and t.shape is not None and vi.type.HasField("tensor_type"):
+                typed = onnx.ValueInfoProto()
+                typed.CopyFrom(vi)
+                _set_shape(typed, t.shape)
+                vi = typed
+            out[name] = _value_info(vi, name)
+    needed = declared.union(made, (vi.name for vi in g.output))
+    hoisted = [(t.name, t) for t in g.initializer if t.name in needed]  # (an output may be a weight)
+    for name, t in (*hoisted, *big_constants):  # what _value_info gives for _typed(name, t)
+        if name in needed and name not in declared and not _keep_data(t):
+            elem = t.data_type
+            dtype = (_DTYPE_NAMES.get(elem) or dtypes.from_onnx(elem)) if elem else None
+            out[name] = TensorInfo(name, tuple(d if d >= 0 else "?" for d in t.dims[:]), dtype)
+    static: set[str] = set()  # names with a stored tensor shape of static dims (> 0)
+    for vi in (*g.value_info, *g.output):
+        name = vi.name
+        if name in needed and vi.HasField("type"):
+            tp = vi.type
+            if tp.WhichOneof("value") == _TENSOR_TYPE:
+                info = out[name] = _tensor_info(tp.tensor_type, name)
+                shape = info.shape
+                if shape is not None and all(type(d) is int and d > 0 for d in shape):
+                    static.add(name)
+            else:
+                out[name] = _value_info(vi, name)
+    return out if static.issuperset(made) else None
 
 
 def collect_infos(model: onnx.ModelProto, known: dict[str, TensorInfo] | None = None) -> dict[str, TensorInfo]:
@@ -505,12 +586,18 @@ def infer_tensor_infos(model: onnx.ModelProto, inputs: list[TensorInfo], symbols
     ``onnx_run_shapes``; ``external_folder``: where weights not yet read into ``model`` lie).
     Returns the infos and, when inference failed, why (the declared ``value_info`` is used then).
     """
-    light = _light_copy(model, inputs, None) if not symbols else light_copy(model, inputs, symbols)
-    if _stored_shapes_complete(light.graph):
-        # onnx's inference keeps every stored shape, so here it could add nothing; skipping it
-        # saves its C++ pass, which holds the GIL throughout (24-46 ms on BERT-base: a stall of
-        # the window that opens the model)
-        return collect_infos(light), None
+    # onnx's inference keeps every stored shape, so where every value has a static one it could
+    # add nothing; skipping it saves its C++ pass, which holds the GIL throughout (24-46 ms on
+    # BERT-base: a stall of the window that opens the model)
+    if not symbols:
+        stored = _stored_infos(model, inputs)
+        if stored is not None:
+            return stored, None
+        light = _light_copy(model, inputs, None)
+    else:
+        light = light_copy(model, inputs, symbols)
+        if _stored_shapes_complete(light.graph):
+            return collect_infos(light), None
     light, data = _light_and_bytes(model, inputs, symbols, light)
     found: dict[str, TensorInfo] = {}
     problem: str | None = None

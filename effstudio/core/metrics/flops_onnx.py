@@ -35,10 +35,11 @@ MS = "com.microsoft"
 
 
 # --- convolution ---------------------------------------------------------------------------
-def _conv_like(v: OpView, has_bias: bool) -> Count:
-    """X and W are the first two operands of the output's rank; bias adds 1 FLOP per output."""
+def _conv_like(v: OpView, has_bias: bool, operands: list[StaticShape] | None = None) -> Count:
+    """X and W are the first two operands of the output's rank; bias adds 1 FLOP per output.
+    ``operands``: ``v.operands()`` when the caller has them."""
     y = v.out(0)
-    ops = [s for s in v.operands() if len(s) == len(y)]
+    ops = [s for s in (v.operands() if operands is None else operands) if len(s) == len(y)]
     if len(ops) < 2:
         raise Uncountable("conv input or weight missing")
     macs = conv_macs(y, ops[1])
@@ -48,7 +49,7 @@ def _conv_like(v: OpView, has_bias: bool) -> Count:
 def conv(v: OpView) -> Count:
     """Conv / ConvInteger: ``numel(Y) * C_in/groups * prod(kernel)`` MACs (1-3D, grouped, depthwise)."""
     ops = v.operands()
-    return _conv_like(v, has_bias=len(ops) >= 3 and len(ops[2]) == 1)
+    return _conv_like(v, has_bias=len(ops) >= 3 and len(ops[2]) == 1, operands=ops)
 
 
 def conv_integer(v: OpView) -> Count:
