@@ -337,6 +337,22 @@ def test_external_data_shorter_than_declared(tmp_path: Path) -> None:
         _load(path)
 
 
+def test_the_mapped_read_parses_what_onnx_load_parses(tmp_path: Path) -> None:
+    from effstudio.core.loaders.onnx_loader import read_model
+    from effstudio.core.zoo import demo_onnx_path
+
+    path = demo_onnx_path("cnn")  # weights inside the file
+    assert read_model(path).SerializeToString() == onnx.load(str(path)).SerializeToString()
+    copy = tmp_path / "again.onnx"
+    copy.write_bytes(path.read_bytes())
+    model = read_model(copy)
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # the map is closed once parsed: the model holds copies
+        assert str(copy) not in maps.read_text()
+    copy.write_bytes(b"\0" * len(path.read_bytes()))
+    assert model.SerializeToString() == onnx.load(str(path)).SerializeToString()
+
+
 # --- bad files ---------------------------------------------------------------------------------
 def test_truncated_and_random_bytes_give_one_line(tmp_path: Path) -> None:
     good = _linear_model(32).SerializeToString()

