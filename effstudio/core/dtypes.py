@@ -43,7 +43,10 @@ _ONNX_NAMES = {
 
 def from_onnx(elem_type: int) -> str:
     """ONNX ``TensorProto.DataType`` number to our dtype name."""
-    return _ONNX_NAMES.get(int(elem_type), f"onnx_type_{elem_type}")
+    name = _ONNX_NAMES.get(elem_type)  # (an int already, the usual case: no int() call, no default built)
+    if name is None:
+        name = _ONNX_NAMES.get(int(elem_type), f"onnx_type_{elem_type}")
+    return name
 
 
 def from_torch(dtype: object) -> str:

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import ast
+import itertools
 
-from effstudio.core.loaders.onnx_scope import _from_name_scopes, join_scope
+from effstudio.core.loaders.onnx_scope import _SIMPLE_LIST, _from_name_scopes, _is_simple_list, join_scope
 
 VALUES = [
     "['', 'features', 'features.0', 'features.0.1', '_native_batch_norm_legit_no_training']",
@@ -31,3 +32,20 @@ def test_cached_scopes_match_joining_every_item() -> None:
             assert _from_name_scopes(value) == want, value
     assert _from_name_scopes(VALUES[0], {}) == "features.0.1"
     assert _from_name_scopes(VALUES[4], {}) == "enc.0.conv"
+
+
+def test_simple_list_check_is_the_regex() -> None:
+    """``_is_simple_list`` (string methods, for speed) accepts exactly what ``_SIMPLE_LIST``
+    matches: every string of up to 6 characters over the characters that matter, and lists of
+    awkward items."""
+    alphabet = ["[", "]", "'", ",", " ", "\\", "a", "\n"]
+    for n in range(7):
+        for chars in itertools.product(alphabet, repeat=n):
+            value = "".join(chars)
+            assert _is_simple_list(value) == bool(_SIMPLE_LIST.fullmatch(value)), repr(value)
+    items = ["", "a", "a.b", "'", ", '", "x', 'y", "\\", "[", "]", "', '"]
+    for k in range(4):
+        for parts in itertools.product(items, repeat=k):
+            value = "[" + ", ".join(f"'{p}'" for p in parts) + "]"
+            assert _is_simple_list(value) == bool(_SIMPLE_LIST.fullmatch(value)), repr(value)
+    assert all(_is_simple_list(v) for v in VALUES)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -24,6 +25,8 @@ from effstudio.core.errors import ModelLoadError
 from effstudio.core.progress import Progress
 
 _EXTERNAL = onnx.TensorProto.EXTERNAL
+# tensors up to this size are read with os.pread, where the OS has it (see read_tensor)
+_PREAD_MAX = (1 << 20) if hasattr(os, "pread") else -1
 
 
 def iter_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -103,10 +106,12 @@ def check_location(path: Path, base: Path, tensor: onnx.TensorProto) -> Path:
     if os.path.commonpath([real_base, target]) != real_base or target == real_base:
         raise ModelLoadError(str(path), f"external data location {loc!r} (tensor {name!r}) resolves to "
                              f"{target}, outside the model's folder; only files inside it are read")
-    if not os.path.exists(target):
+    try:  # (one stat: what os.path.exists, then os.path.isfile, would each make)
+        is_file = stat.S_ISREG(os.stat(target).st_mode)
+    except (OSError, ValueError):
         raise ModelLoadError(str(path), f"external data file {loc!r} (tensor {name!r}) is missing; it must "
-                             "lie next to the model")
-    if not os.path.isfile(target):
+                             "lie next to the model") from None
+    if not is_file:
         raise ModelLoadError(str(path), f"external data location {loc!r} (tensor {name!r}) is not a file")
     return Path(target)
 
@@ -129,8 +134,12 @@ def _span(path: Path, tensor: onnx.TensorProto, size: int) -> tuple[int, int]:
 def read_tensor(tensor: onnx.TensorProto, f: BinaryIO, offset: int, length: int) -> None:
     """Read ``length`` bytes at ``offset`` of the open file ``f`` into ``tensor`` (which then no
     longer refers to external data), as ``load_external_data_for_tensor`` does."""
-    f.seek(offset)
-    data = f.read(length)
+    # small tensors (most of a model's): one system call, no seek; large ones, or a short read,
+    # through the buffered file, which repeats the call until it has every byte
+    data = os.pread(f.fileno(), length, offset) if length <= _PREAD_MAX else b""
+    if len(data) != length:
+        f.seek(offset)
+        data = f.read(length)
     if len(data) != length:
         raise OSError(f"read {len(data)} of {length} bytes")
     tensor.raw_data = data

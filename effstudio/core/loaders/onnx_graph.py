@@ -402,7 +402,11 @@ def build_graph(g: onnx.GraphProto, *, infos: dict[str, TensorInfo], outer_weigh
     for name in _activation_names(out):
         if name not in tensors:  # (a name met again would get an equal entry in the same place)
             info = get(name)
-            tensors[name] = TensorInfo(name, info.shape, info.dtype) if info else TensorInfo(name)
+            if info is None:
+                info = TensorInfo(name)
+            elif info.name != name:
+                info = TensorInfo(name, info.shape, info.dtype)
+            tensors[name] = info  # (the inferred info itself: nothing changes a TensorInfo after the load)
     for t in out.inputs:
         tensors[t.name] = t
     return out
@@ -422,20 +426,26 @@ def mark_shared(graph: LayerGraph) -> None:
     ``LayerGraph.mark_shared_weights`` counts the top-level layers; a weight read both by a
     top-level layer and inside a subgraph (or by two subgraphs) is shared too.
     """
-    graph.mark_shared_weights()
+    # one count over every layer, subgraphs included (it gives what mark_shared_weights' count of
+    # the top-level layers gives, and more: that pass is not needed first)
     count: dict[str, int] = {}
     all_layers: list[Layer] = []
 
     def visit(g: LayerGraph) -> None:
         for lay in g.layers:
             all_layers.append(lay)
-            for w in {w.name for w in lay.weights}:
-                count[w] = count.get(w, 0) + 1
-            for sub in lay.subgraphs.values():
-                visit(sub)
+            ws = lay.weights
+            if len(ws) == 1:  # (the common case: no set needed)
+                name = ws[0].name
+                count[name] = count.get(name, 0) + 1
+            elif ws:
+                for w in {w.name for w in ws}:
+                    count[w] = count.get(w, 0) + 1
+            if lay.subgraphs:
+                for sub in lay.subgraphs.values():
+                    visit(sub)
 
     visit(graph)
     for lay in all_layers:
         for w in lay.weights:
-            if count[w.name] > 1:
-                w.shared = True
+            w.shared = count[w.name] > 1

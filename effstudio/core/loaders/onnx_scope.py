@@ -46,13 +46,23 @@ def _extend_scope(acc: str, p: str) -> str:
 
 
 # the usual form, a list of plain single-quoted strings: split without Python's parser (which
-# costs ~0.1 ms a node, a tenth of BERT-base's load); anything else goes to ast.literal_eval
+# costs ~0.1 ms a node, a tenth of BERT-base's load); anything else goes to ast.literal_eval.
+# The form's definition (``_is_simple_list`` checks it without the regex; a test holds them equal):
 _SIMPLE_LIST = re.compile(r"\[(?:'[^'\\]*'(?:, '[^'\\]*')*)?\]")
 _ITEM = re.compile(r"'([^'\\]*)'")
 
 
+def _is_simple_list(value: str) -> bool:
+    """``_SIMPLE_LIST.fullmatch(value)``, with string methods (the regex cost ~1.5 µs a node):
+    no backslash; ``[]``, or ``['`` ... ``']`` whose middle, split at ``', '``, holds no quote."""
+    if value == "[]":
+        return True
+    return (len(value) >= 4 and value.startswith("['") and value.endswith("']") and "\\" not in value
+            and "'" not in value[2:-2].replace("', '", ""))
+
+
 def _from_name_scopes(value: str, cache: dict[str, str] | None = None) -> str | None:
-    if _SIMPLE_LIST.fullmatch(value):
+    if _is_simple_list(value):
         # the last entry is the FX node, not a module: the scope depends on the others only
         modules = value[:max(value.rfind(", '"), 1)]
         return _list_scope(modules, {} if cache is None else cache)

@@ -434,8 +434,10 @@ def _stored_infos(model: onnx.ModelProto, inputs: list[TensorInfo]) -> dict[str,
     g = model.graph
     if g.sparse_initializer:
         return None  # (rare: the light copy handles them)
-    stored = {vi.name for vi in g.value_info}
-    stored.update(vi.name for vi in g.output)
+    # the value infos, read once (each read of a repeated field makes new Python objects)
+    outputs = g.output[:]
+    value_infos = [*g.value_info[:], *outputs]
+    stored = {vi.name for vi in value_infos}
     made: list[str] = []  # what the (light copy's) nodes make: each needs a static stored shape
     big_constants: list[tuple[str, onnx.TensorProto]] = []
     for node in g.node:
@@ -469,7 +471,7 @@ def _stored_infos(model: onnx.ModelProto, inputs: list[TensorInfo]) -> dict[str,
                 _set_shape(typed, t.shape)
                 vi = typed
             out[name] = _value_info(vi, name)
-    needed = declared.union(made, (vi.name for vi in g.output))
+    needed = declared.union(made, (vi.name for vi in outputs))
     hoisted = [(t.name, t) for t in g.initializer if t.name in needed]  # (an output may be a weight)
     for name, t in (*hoisted, *big_constants):  # what _value_info gives for _typed(name, t)
         if name in needed and name not in declared and not _keep_data(t):
@@ -477,7 +479,7 @@ def _stored_infos(model: onnx.ModelProto, inputs: list[TensorInfo]) -> dict[str,
             dtype = (_DTYPE_NAMES.get(elem) or dtypes.from_onnx(elem)) if elem else None
             out[name] = TensorInfo(name, tuple(d if d >= 0 else "?" for d in t.dims[:]), dtype)
     static: set[str] = set()  # names with a stored tensor shape of static dims (> 0)
-    for vi in (*g.value_info, *g.output):
+    for vi in value_infos:
         name = vi.name
         if name in needed and vi.HasField("type"):
             tp = vi.type

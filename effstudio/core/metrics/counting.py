@@ -46,7 +46,7 @@ def mac_count(macs: int, extra_flops: int = 0) -> Count:
 
 
 def prod(xs: Sequence[int]) -> int:
-    return math.prod(int(x) for x in xs)
+    return math.prod(map(int, xs))  # (map: no generator frame per call)
 
 
 def static(shape: Shape | None, what: str) -> StaticShape:
@@ -99,7 +99,7 @@ class OpView:
             return None
 
     def weight_shapes(self) -> list[StaticShape]:
-        return [tuple(int(d) for d in w.shape) for w in self.layer.weights]
+        return [tuple(map(int, w.shape)) for w in self.layer.weights]
 
     def operands(self) -> list[StaticShape]:
         """Static shapes of activation inputs then weights; raises on any unknown one."""

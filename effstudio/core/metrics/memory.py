@@ -38,11 +38,27 @@ def tensor_bytes(info: TensorInfo | None) -> int | None:
     return dtypes.nbytes(info.dtype, n)
 
 
-def output_bytes(layer: Layer, tensors: dict[str, TensorInfo]) -> int | None:
-    """Bytes of all of the layer's outputs; None if any of them is unknown."""
+class TensorSizes(dict):
+    """Name -> :func:`tensor_bytes` of ``tensors[name]``, each computed once on first lookup:
+    the activation-bytes column and the peak look up the same tensors."""
+
+    def __init__(self, tensors: dict[str, TensorInfo]) -> None:
+        super().__init__()
+        self._tensors = tensors
+
+    def __missing__(self, name: str) -> int | None:
+        b = self[name] = tensor_bytes(self._tensors.get(name))
+        return b
+
+
+def output_bytes(layer: Layer, tensors: dict[str, TensorInfo], sizes: TensorSizes | None = None) -> int | None:
+    """Bytes of all of the layer's outputs; None if any of them is unknown.  ``sizes``: a
+    :class:`TensorSizes` of ``tensors``, shared with :func:`peak_activation`."""
+    if sizes is None:
+        sizes = TensorSizes(tensors)
     total = 0
     for t in layer.outputs:
-        b = tensor_bytes(tensors.get(t))
+        b = sizes[t]
         if b is None:
             return None
         total += b
@@ -63,8 +79,11 @@ class PeakMemory:
     unknown_tensors: int
 
 
-def peak_activation(graph: LayerGraph) -> PeakMemory:
-    """Peak bytes of live activations over the execution order (see the module docstring)."""
+def peak_activation(graph: LayerGraph, sizes: TensorSizes | None = None) -> PeakMemory:
+    """Peak bytes of live activations over the execution order (see the module docstring).
+    ``sizes``: a :class:`TensorSizes` of ``graph.tensors``, when the caller has one."""
+    if sizes is None:
+        sizes = TensorSizes(graph.tensors)
     n = len(graph.layers)
     end = n  # "lives to the end"
     root: dict[str, str] = {}  # tensor -> the tensor owning its storage
@@ -91,7 +110,7 @@ def peak_activation(graph: LayerGraph) -> PeakMemory:
         if r is not None:
             last_use[r] = end
 
-    size: dict[str, int | None] = {r: tensor_bytes(graph.tensors.get(r)) for r in born}
+    size: dict[str, int | None] = {r: sizes[r] for r in born}
     unknown = sum(1 for s in size.values() if s is None)
     frees: dict[int, list[str]] = {}
     for r in born:

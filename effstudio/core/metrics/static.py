@@ -18,7 +18,7 @@ from effstudio.core.graph import Layer, LayerGraph, TensorInfo
 from effstudio.core.metrics.counting import Count, Handler, OpView, Uncountable
 from effstudio.core.metrics.flops_onnx import onnx_handler
 from effstudio.core.metrics.flops_torch import aten_handler, flop_counter_check
-from effstudio.core.metrics.memory import output_bytes, peak_activation
+from effstudio.core.metrics.memory import TensorSizes, output_bytes, peak_activation
 from effstudio.core.metrics.table import MetricsTable
 from effstudio.core.model import LoadedModel
 from effstudio.core.progress import Progress
@@ -155,6 +155,7 @@ def compute_static(loaded: LoadedModel, progress: Progress | None = None, *,
     act: dict[str, float] = {}
     uncounted: dict[tuple[str, str, str], list[str]] = {}
     n = max(len(graph.layers), 1)
+    sizes = TensorSizes(graph.tensors)  # the activation column and the peak share them
     for i, lay in enumerate(graph.layers):
         if i % 200 == 0:
             progress.update(0.8 * i / n, "counting FLOPs and memory")
@@ -179,12 +180,12 @@ def compute_static(loaded: LoadedModel, progress: Progress | None = None, *,
             flops[lay.name] = c.flops
         except Uncountable as e:
             uncounted.setdefault((lay.domain, lay.op_type, str(e)), []).append(lay.name)
-        b = output_bytes(lay, graph.tensors)
+        b = output_bytes(lay, graph.tensors, sizes)
         if b is not None:
             act[lay.name] = b
 
     progress.update(0.8, "peak activation memory")
-    peak = peak_activation(graph)
+    peak = peak_activation(graph, sizes)
     base = graph.totals()
     totals: dict[str, Any] = {
         "params": base["params"], "weight_bytes": base["weight_bytes"],
