@@ -143,6 +143,7 @@ def _profile_method(lat) -> str:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from effstudio.core.latency import RUNTIME_KEY, load_npz_inputs
+    from effstudio.core.latency.stats import noise_warning
     from effstudio.core.profile import profile_json, profile_model
 
     bar = ConsoleProgress()
@@ -181,6 +182,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(f"latency: {e['median']:.3f} ms end to end on {lat.backend} {lat.device} "
           f"({env.get('cpu', '?')}, {lat.threads} threads)")
     print(f"method: {_profile_method(lat)}")
+    warning = noise_warning(e)
+    if warning:
+        print(f"warning: {warning} (or with --threads 1)", file=sys.stderr)
     if lat.fused:
         shown = [f"{k} = {' + '.join(v)}" for k, v in lat.fused.items() if len(v) > 1]
         if shown:

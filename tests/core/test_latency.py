@@ -540,3 +540,14 @@ def test_profile_model_merges_static_counts_and_latency(torch_net) -> None:
     assert conv["macs"] == 8 * 3 * 9 * 16 * 16 and conv["latency_ms"] > 0 and 0 < conv["latency_share"] < 1
     assert out["latency"]["backend"] == "torch" and out["environment"]["backend"] == "torch"
     assert "per_layer_ms" not in out["latency"]  # per-layer times live on the layers
+
+
+def test_noise_warning_looks_at_the_spread_not_the_cv() -> None:
+    from effstudio.core.latency.stats import noise_warning
+
+    assert noise_warning({"median": 2.0, "p10": 1.9, "p90": 2.4}) is None
+    one_stall = summarize([2.0] * 39 + [20.0])  # CV > 1, but the median and the spread stand
+    assert one_stall["cv"] > 1 and noise_warning(one_stall) is None
+    busy = noise_warning({"median": 43.7, "p10": 2.1, "p90": 213.5})
+    assert busy is not None and "4.8× the median" in busy
+    assert noise_warning({"median": 0.0, "p10": 0.0, "p90": 0.0}) is None and noise_warning({}) is None

@@ -262,3 +262,17 @@ def test_status_panel_totals_and_uncounted_ops(qtbot, graph, metrics) -> None:
     assert not panel.cancel_button.isHidden()
     with qtbot.waitSignal(panel.sig_cancel, timeout=1000):
         panel.cancel_button.click()
+
+
+def test_status_panel_flags_noisy_latency(qtbot) -> None:
+    from effstudio.core.metrics.table import MetricsTable
+
+    panel = StatusPanel()
+    qtbot.addWidget(panel)
+    quiet = {"median": 2.0, "p10": 1.9, "p90": 2.3, "cv": 0.1, "runs": 40}
+    panel.set_latency("done", "", MetricsTable({}, totals={"latency_ms": quiet}))
+    assert "noisy" not in panel.latency_label.text()
+    busy = {"median": 43.7, "p10": 2.1, "p90": 213.5, "cv": 2.4, "runs": 40}  # a busy machine's runs
+    panel.set_latency("done", "", MetricsTable({}, totals={"latency_ms": busy}))
+    assert "⚠ noisy" in panel.latency_label.text()
+    assert panel.latency_label.toolTip().startswith("Noisy: the runs spread widely (p10–p90 is 4.8× the median)")

@@ -38,6 +38,25 @@ def summarize(times_ms: Sequence[float]) -> dict[str, float]:
     }
 
 
+NOISY_SPREAD = 0.5  # p10–p90 range over the median above which the runs are called noisy
+
+
+def noise_warning(e2e: Mapping[str, float]) -> str | None:
+    """A sentence for people when the end-to-end runs spread widely, else None.
+
+    The p10–p90 range over the median, not the CV: one stalled run in forty moves the CV past 1
+    while the median stands.  Quiet runs here spread 0.05–0.3; with other programs keeping the
+    cores busy, 2–5 (a 2 ms CNN measured 43 ms ± 106 ms), and small layers' times are noise then."""
+    median, p10, p90 = e2e.get("median"), e2e.get("p10"), e2e.get("p90")
+    if not median or p10 is None or p90 is None:
+        return None
+    spread = (p90 - p10) / median
+    if spread <= NOISY_SPREAD:
+        return None
+    return (f"the runs spread widely (p10–p90 is {spread:.1f}× the median): other programs are probably "
+            f"using the processor; measure again when the machine is quieter")
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """How many timed runs to make: a fixed count, or until a time budget is spent."""

@@ -7,6 +7,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QSizePolicy, QToolButton, QWidget
 
 from effstudio.core.graph import LayerGraph
+from effstudio.core.latency.stats import noise_warning
 from effstudio.core.metrics.table import MetricsTable
 from effstudio.ui import numbers
 from effstudio.ui.icons import icon
@@ -137,8 +138,10 @@ class StatusPanel(QWidget):
         if state == "measuring":
             self.latency_label.setText("<i>measuring latency…</i>")
         elif state == "done" and summary:
-            self.latency_label.setText(f"latency <b>{summary[0]}</b> (median, measured)")
-            detail = summary[1]
+            warning = noise_warning(metrics.totals.get("latency_ms") or {})
+            noisy = " <span style='color:#d35400'>⚠ noisy</span>" if warning else ""
+            self.latency_label.setText(f"latency <b>{summary[0]}</b> (median, measured){noisy}")
+            detail = f"Noisy: {warning}\n\n{summary[1]}" if warning else summary[1]
         elif state == "failed":
             self.latency_label.setText("<span style='color:#c0392b'>latency: failed</span>")
         elif state == "cancelled":
