@@ -65,7 +65,6 @@ class CallTree:
     have times."""
 
     def __init__(self, module, clock: Clock) -> None:
-        self.last_calls = 0  # module calls in the run last taken
         self._records: list[list] = []  # [name, start mark, end mark or None, parent record index]
         self._stack: list[int] = []  # indices of the records of the modules running now
         self._clock = clock
@@ -118,7 +117,6 @@ class CallTree:
                 self_ns[pname] = self_ns.get(pname, 0) - total
                 child_calls[pname] = child_calls.get(pname, 0) + 1
         self._clock.reset()
-        self.last_calls = sum(own_calls.values())
         return self_ns, child_calls, own_calls
 
     def remove(self) -> None:
@@ -158,7 +156,7 @@ class HookRuns:
         self.self_ns.append(own)
         self.child_calls.append(children)
         self.own_calls.append(calls)
-        self.calls.append(self.tree.last_calls)
+        self.calls.append(sum(calls.values()))
         self.wall_ms.append(wall)
 
     def clear(self) -> None:
